@@ -1,0 +1,218 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// clientConn is one client from accept to close.
+type clientConn struct {
+	id         uint64
+	raw        net.Conn
+	remoteAddr string
+	start      time.Time
+
+	leaf       *x509.Certificate
+	fromClient atomic.Int64
+	toClient   atomic.Int64
+
+	mu       sync.Mutex // guards tls and upstream against close
+	tls      *tls.Conn
+	upstream net.Conn
+
+	closeOnce   sync.Once
+	closeReason Reason
+}
+
+// close ends both sides once; the first reason given is the one recorded.
+func (c *clientConn) close(reason Reason) {
+	c.closeOnce.Do(func() {
+		c.closeReason = reason
+		c.mu.Lock()
+		tc, up := c.tls, c.upstream
+		c.mu.Unlock()
+		if tc != nil {
+			tc.Close()
+		} else {
+			c.raw.Close()
+		}
+		if up != nil {
+			up.Close()
+		}
+	})
+}
+
+func (c *clientConn) setTLS(tc *tls.Conn) {
+	c.mu.Lock()
+	c.tls = tc
+	c.mu.Unlock()
+}
+
+func (c *clientConn) setUpstream(up net.Conn) {
+	c.mu.Lock()
+	c.upstream = up
+	c.mu.Unlock()
+}
+
+// openingFailure is a refused opening, ready for the audit log.
+type openingFailure struct {
+	reason Reason
+	err    error
+	cert   *x509.Certificate
+	state  *tls.ConnectionState
+}
+
+func (s *Server) handle(ctx context.Context, raw net.Conn) {
+	c := &clientConn{
+		id:         s.nextID.Add(1),
+		raw:        raw,
+		remoteAddr: raw.RemoteAddr().String(),
+		start:      time.Now(),
+	}
+	s.track(c)
+	defer s.untrack(c)
+
+	if f := s.open(ctx, c); f != nil {
+		s.audit.handshakeFailed(c, f.reason, f.err, f.cert, f.state)
+		s.log.Info("client refused", zap.Uint64(FieldConnID, c.id),
+			zap.String(FieldRemoteAddr, c.remoteAddr), zap.String(FieldReason, string(f.reason)),
+			zap.Error(f.err))
+		c.close(f.reason)
+		return
+	}
+	s.relay(c)
+	s.audit.closed(c, c.closeReason)
+	s.log.Debug("connection closed", zap.Uint64(FieldConnID, c.id),
+		zap.String(FieldReason, string(c.closeReason)))
+}
+
+// open runs the opening: plaintext IDENTIFY, feature answer, TLS handshake,
+// upstream IDENTIFY and the OK inside TLS. On success c is ready to relay.
+func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
+	_ = c.raw.SetDeadline(c.start.Add(s.opts.TLSHandshakeTimeout))
+	id, err := readOpening(bufio.NewReaderSize(c.raw, openingBufSize))
+	if err != nil {
+		return s.refusePlaintext(c, err)
+	}
+	settings := s.up.settings.Load()
+	if settings == nil {
+		return s.refusePlaintext(c, refuse("E_UNAVAILABLE", ReasonUpstreamUnavailable,
+			"nsqtls-proxy cannot reach nsqd yet; retry later"))
+	}
+	promised := settings.promise(id)
+	answer, _ := json.Marshal(promised)
+	if err := writeFrame(c.raw, frameTypeResponse, answer); err != nil {
+		return &openingFailure{reason: ReasonClientClosed, err: err}
+	}
+
+	nb := newNBConn(c.raw)
+	tc := tls.Server(nb, s.tlsConfig)
+	c.setTLS(tc)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return handshakeFailure(err)
+	}
+	state := tc.ConnectionState()
+	c.leaf = state.PeerCertificates[0]
+
+	if f := s.connectUpstream(ctx, c, id, promised); f != nil {
+		f.cert, f.state = c.leaf, &state
+		return f
+	}
+	if err := writeFrame(tc, frameTypeResponse, []byte("OK")); err != nil {
+		return &openingFailure{reason: ReasonClientClosed, err: err, cert: c.leaf, state: &state}
+	}
+	_ = c.raw.SetDeadline(time.Time{})
+	s.audit.handshakeOK(c, state)
+	return nil
+}
+
+func handshakeFailure(err error) *openingFailure {
+	f := &openingFailure{reason: handshakeReason(err, time.Now()), err: err}
+	var verify *tls.CertificateVerificationError
+	if errors.As(err, &verify) && len(verify.UnverifiedCertificates) > 0 {
+		f.cert = verify.UnverifiedCertificates[0]
+	}
+	return f
+}
+
+// refusePlaintext answers a bad opening with an NSQ error frame, if there
+// is anyone left to read it.
+func (s *Server) refusePlaintext(c *clientConn, err error) *openingFailure {
+	var refusal *openingError
+	if !errors.As(err, &refusal) {
+		return &openingFailure{reason: handshakeReason(err, time.Now()), err: err}
+	}
+	_ = writeFrame(c.raw, frameTypeError, []byte(refusal.Error()))
+	lingerClose(c.raw)
+	return &openingFailure{reason: refusal.reason, err: refusal}
+}
+
+// lingerClose sends FIN and reads briefly what the client still sends, so
+// that closing does not reset the connection before the client has read
+// our error frame.
+func lingerClose(conn net.Conn) {
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	_, _ = io.CopyN(io.Discard, conn, 64<<10)
+}
+
+// connectUpstream dials nsqd for a verified client, replays its IDENTIFY
+// without tls_v1 and checks nsqd's answer against the promise. Any refusal
+// reaches the client as an error frame inside TLS.
+func (s *Server) connectUpstream(ctx context.Context, c *clientConn, id *identifyData,
+	promised featureResponse) *openingFailure {
+	replay := *id
+	replay.TLSv1 = false
+	body, _ := json.Marshal(&replay)
+
+	up, frameType, data, err := s.up.identify(ctx, body)
+	if err != nil {
+		s.log.Warn("cannot reach nsqd for a verified client", zap.Uint64(FieldConnID, c.id),
+			zap.String(FieldUpstreamAddr, s.opts.UpstreamTCPAddress), zap.Error(err))
+		_ = writeFrame(c.tls, frameTypeError,
+			[]byte("E_UNAVAILABLE nsqtls-proxy cannot reach nsqd; retry later"))
+		return &openingFailure{reason: ReasonUpstreamUnavailable, err: err}
+	}
+	c.setUpstream(up)
+
+	if frameType == frameTypeError {
+		_ = writeFrame(c.tls, frameTypeError, data)
+		return &openingFailure{reason: ReasonUpstreamRejected,
+			err: fmt.Errorf("proxy: nsqd refused IDENTIFY: %s", data)}
+	}
+	if err := checkAnswer(promised, data); err != nil {
+		s.up.requestRelearn()
+		s.log.Warn("nsqd's answer differs from the proxy's promise; relearning its settings",
+			zap.Uint64(FieldConnID, c.id), zap.Error(err))
+		_ = writeFrame(c.tls, frameTypeError, []byte("E_IDENTIFY_FAILED nsqtls-proxy: "+
+			"nsqd's settings changed during the handshake; reconnect"))
+		return &openingFailure{reason: ReasonUpstreamMismatch, err: err}
+	}
+	return nil
+}
+
+// relay copies both ways until either side ends, then closes both.
+func (s *Server) relay(c *clientConn) {
+	nb := c.tls.NetConn().(*nbConn)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.close(pumpToUpstream(c.upstream, c.tls, nb, &c.fromClient))
+	}()
+	c.close(pumpToClient(c.tls, c.upstream, &c.toClient))
+	<-done
+}

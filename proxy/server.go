@@ -1,0 +1,185 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Server is the NSQ mTLS front: one listener for clients, one upstream.
+type Server struct {
+	opts      *Options
+	log       *zap.Logger
+	audit     *auditLog
+	tlsConfig *tls.Config
+	up        *upstream
+	ln        net.Listener
+
+	nextID atomic.Uint64
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[*clientConn]struct{}
+}
+
+// New checks opts, loads the certificates and opens the audit log.
+func New(opts *Options, log *zap.Logger) (*Server, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	tlsConfig, err := newTLSConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	audit, err := openAuditLog(opts.AuditLog)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{
+		opts:      opts,
+		log:       log,
+		audit:     audit,
+		tlsConfig: tlsConfig,
+		up:        newUpstream(opts.UpstreamTCPAddress, opts.UpstreamDialTimeout, log),
+		conns:     make(map[*clientConn]struct{}),
+	}, nil
+}
+
+// Listen binds the client listener; Addr is valid after it returns.
+func (s *Server) Listen() error {
+	if s.opts.UnsafeUpstream && !isLoopbackAddr(s.opts.UpstreamTCPAddress) {
+		s.log.Warn("UNSAFE: nsqd is reached over a non-loopback address; the hop to nsqd is "+
+			"plaintext and anyone on that network can read and inject messages",
+			zap.String(FieldUpstreamAddr, s.opts.UpstreamTCPAddress))
+	}
+	ln, err := net.Listen("tcp", s.opts.TCPAddress)
+	if err != nil {
+		return fmt.Errorf("proxy: listen: %w", err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the address clients connect to.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts clients until ctx ends, then stops accepting, lets open
+// connections finish for up to the drain timeout, closes the rest and
+// returns nil.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.ln == nil {
+		return errors.New("proxy: Serve called before Listen")
+	}
+	defer s.audit.Close()
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		s.up.watch(watchCtx)
+		close(watchDone)
+	}()
+	defer func() {
+		stopWatch()
+		<-watchDone
+	}()
+
+	s.log.Info("listening", zap.String(FieldListener, listenerNSQD),
+		zap.Stringer("addr", s.ln.Addr()), zap.String(FieldUpstreamAddr, s.opts.UpstreamTCPAddress))
+	go func() {
+		<-ctx.Done()
+		s.ln.Close()
+	}()
+	err := s.acceptLoop(ctx)
+	s.drain()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// Run is Listen followed by Serve.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}
+
+func (s *Server) acceptLoop(ctx context.Context) error {
+	var backoff time.Duration
+	for {
+		conn, err := s.ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) ||
+				errors.Is(err, syscall.ENFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", zap.Error(err))
+				sleep(ctx, backoff)
+				continue
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		backoff = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(ctx, conn)
+		}()
+	}
+}
+
+// drain waits for open connections up to the drain timeout, then closes
+// what is left.
+func (s *Server) drain() {
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	n := s.openConns()
+	if n > 0 {
+		s.log.Info("draining connections", zap.Int("open", n),
+			zap.Duration("timeout", s.opts.DrainTimeout))
+	}
+	t := time.NewTimer(s.opts.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.close(ReasonShutdown)
+	}
+	s.mu.Unlock()
+	<-done
+}
+
+func (s *Server) openConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) track(c *clientConn) {
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Server) untrack(c *clientConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
