@@ -103,6 +103,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
+// WaitReady blocks until the proxy has learned nsqd's settings and can
+// answer clients, or ctx ends.
+func (s *Server) WaitReady(ctx context.Context) error {
+	return s.up.waitForSettings(ctx)
+}
+
 // Run is Listen followed by Serve.
 func (s *Server) Run(ctx context.Context) error {
 	if err := s.Listen(); err != nil {

@@ -57,6 +57,9 @@ func Start(dataDir string, extra ...string) (*NSQD, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("nsqdtest: %w", err)
+	}
 	args := append([]string{
 		"--tcp-address=127.0.0.1:0",
 		"--http-address=127.0.0.1:0",
