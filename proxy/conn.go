@@ -108,8 +108,8 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 	}
 	settings := s.up.settings.Load()
 	if settings == nil {
-		return s.refusePlaintext(c, refuse("E_UNAVAILABLE", ReasonUpstreamUnavailable,
-			"nsqtls-proxy cannot reach nsqd yet; retry later"))
+		return s.refusePlaintext(c, &openingError{code: "E_UNAVAILABLE",
+			reason: ReasonUpstreamUnavailable, msg: "nsqtls-proxy cannot reach nsqd yet; retry later"})
 	}
 	promised := settings.promise(id)
 	answer, _ := json.Marshal(promised)

@@ -88,6 +88,13 @@ func (e *env) startProxy(configure func(*proxy.Options)) {
 	require.NoError(t, srv.WaitReady(readyCtx), "proxy never learned nsqd's settings")
 }
 
+// sub is e seen from a subtest: failures are reported to t.
+func (e *env) sub(t *testing.T) *env {
+	c := *e
+	c.t = t
+	return &c
+}
+
 // client issues a client certificate from e.ca and returns a TLS config
 // for it that trusts e.ca.
 func (e *env) client(cn string) *tls.Config {

@@ -56,8 +56,11 @@ type openingError struct {
 
 func (e *openingError) Error() string { return e.code + " " + e.msg }
 
+// refuse builds an openingError whose text ends by saying what the proxy
+// requires.
 func refuse(code string, reason Reason, format string, args ...any) *openingError {
-	return &openingError{code: code, reason: reason, msg: fmt.Sprintf(format, args...)}
+	return &openingError{code: code, reason: reason,
+		msg: fmt.Sprintf(format, args...) + "; " + tlsRequiredHint}
 }
 
 // nsqCommands are the commands of nsqd's V2 protocol other than IDENTIFY.
@@ -81,8 +84,7 @@ func readOpening(r *bufio.Reader) (*identifyData, error) {
 
 	line, err := r.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
-		return nil, refuse("E_INVALID", ReasonBadProtocol, "command line too long; %s",
-			tlsRequiredHint)
+		return nil, refuse("E_INVALID", ReasonBadProtocol, "command line too long")
 	}
 	if err != nil {
 		return nil, cutShort(err, "before sending IDENTIFY")
@@ -98,15 +100,15 @@ func readOpening(r *bufio.Reader) (*identifyData, error) {
 	var id identifyData
 	if err := json.Unmarshal(body, &id); err != nil {
 		return nil, refuse("E_BAD_BODY", ReasonBadProtocol,
-			"IDENTIFY failed to decode JSON body; %s", tlsRequiredHint)
+			"IDENTIFY failed to decode JSON body")
 	}
 	if !id.FeatureNegotiation || !id.TLSv1 {
 		return nil, refuse("E_IDENTIFY_FAILED", ReasonPlaintextRejected,
-			"IDENTIFY without TLS refused; %s", tlsRequiredHint)
+			"IDENTIFY without TLS refused")
 	}
 	if r.Buffered() > 0 {
 		return nil, refuse("E_INVALID", ReasonPlaintextRejected,
-			"data sent after IDENTIFY before the TLS handshake; %s", tlsRequiredHint)
+			"data sent after IDENTIFY before the TLS handshake")
 	}
 	return &id, nil
 }
@@ -115,13 +117,13 @@ func badMagic(magic []byte) *openingError {
 	switch {
 	case string(magic) == "  V1":
 		return refuse("E_BAD_PROTOCOL", ReasonBadProtocol,
-			"protocol V1 is not supported; %s", tlsRequiredHint)
+			"protocol V1 is not supported")
 	case isHTTPStart(magic):
 		return refuse("E_BAD_PROTOCOL", ReasonBadProtocol,
-			"HTTP request on the NSQ TCP port; %s", tlsRequiredHint)
+			"HTTP request on the NSQ TCP port")
 	case magic[0] == 0x16:
 		return refuse("E_BAD_PROTOCOL", ReasonBadProtocol,
-			"TLS handshake before the NSQ opening; %s", tlsRequiredHint)
+			"TLS handshake before the NSQ opening")
 	}
 	return refuse("E_BAD_PROTOCOL", ReasonBadProtocol,
 		"bad protocol magic %q; %s", magic, tlsRequiredHint)
@@ -146,8 +148,7 @@ func checkIdentifyCommand(line []byte) error {
 		return refuse("E_INVALID", ReasonPlaintextRejected,
 			"cannot %s before IDENTIFY; %s", name, tlsRequiredHint)
 	}
-	return refuse("E_INVALID", ReasonBadProtocol, "invalid command before IDENTIFY; %s",
-		tlsRequiredHint)
+	return refuse("E_INVALID", ReasonBadProtocol, "invalid command before IDENTIFY")
 }
 
 func readIdentifyBody(r *bufio.Reader) ([]byte, error) {
