@@ -1,12 +1,14 @@
 package proxy_test
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nsqio/go-nsq"
+	"github.com/nsqtls/nsqtls-proxy/internal/nsqdtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -14,7 +16,10 @@ import (
 // moveMessages publishes n distinct bodies through the proxy with one
 // client and consumes them with another, and checks that every body
 // arrived exactly once and unchanged.
-func moveMessages(t *testing.T, e *env, topic string, n int, tune func(*nsq.Config)) {
+// check, if not nil, is given nsqd's view of the consumer while it is
+// still connected.
+func moveMessages(t *testing.T, e *env, topic string, n int, tune func(*nsq.Config),
+	check func(nsqdtest.Client)) {
 	t.Helper()
 	pubCfg := nsqConfig(e.client("producer"))
 	subCfg := nsqConfig(e.client("consumer"))
@@ -68,6 +73,9 @@ func moveMessages(t *testing.T, e *env, topic string, n int, tune func(*nsq.Conf
 		defer mu.Unlock()
 		t.Fatalf("received %d of %d messages", len(got), n)
 	}
+	if check != nil {
+		check(e.consumerOf(topic))
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for body, count := range got {
@@ -80,18 +88,22 @@ func moveMessages(t *testing.T, e *env, topic string, n int, tune func(*nsq.Conf
 func TestMessagesThroughProxy(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	cases := []struct {
-		name string
-		tune func(*nsq.Config)
-		want func(c nsqdClientFlags) bool
+		name        string
+		tune        func(*nsq.Config)
+		compression string
 	}{
-		{"plain", nil, func(c nsqdClientFlags) bool { return !c.Snappy && !c.Deflate }},
-		{"snappy", func(c *nsq.Config) { c.Snappy = true }, func(c nsqdClientFlags) bool { return c.Snappy }},
-		{"deflate", func(c *nsq.Config) { c.Deflate = true; c.DeflateLevel = 5 },
-			func(c nsqdClientFlags) bool { return c.Deflate }},
+		{"plain", nil, ""},
+		{"snappy", func(c *nsq.Config) { c.Snappy = true }, "snappy"},
+		{"deflate", func(c *nsq.Config) { c.Deflate = true; c.DeflateLevel = 5 }, "deflate"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			moveMessages(t, e, "t_"+tc.name, 10000, tc.tune)
+			e := e.sub(t)
+			moveMessages(t, e, "t_"+tc.name, 10000, tc.tune, func(c nsqdtest.Client) {
+				assert.Equal(t, tc.compression == "snappy", c.Snappy)
+				assert.Equal(t, tc.compression == "deflate", c.Deflate)
+				assert.False(t, c.TLS, "the hop to nsqd is plaintext on loopback")
+			})
 		})
 	}
 	ok := e.waitAudit(map[string]any{"event": "handshake", "outcome": "ok", "client_cn": "consumer"})
@@ -101,4 +113,31 @@ func TestMessagesThroughProxy(t *testing.T) {
 	e.waitAudit(map[string]any{"event": "close", "client_cn": "consumer"})
 }
 
-type nsqdClientFlags struct{ Snappy, Deflate bool }
+// consumerUses checks one compression flag of the consumer as nsqd sees it.
+func consumerUses(t *testing.T, compression string, want bool) func(nsqdtest.Client) {
+	return func(c nsqdtest.Client) {
+		switch compression {
+		case "snappy":
+			assert.Equal(t, want, c.Snappy)
+		case "deflate":
+			assert.Equal(t, want, c.Deflate)
+		}
+	}
+}
+
+// consumerOf returns the one client of topic's channel "ch" in /stats.
+func (e *env) consumerOf(topic string) nsqdtest.Client {
+	stats, err := e.nsqd.Stats(context.Background())
+	require.NoError(e.t, err)
+	for _, tp := range stats.Topics {
+		if tp.TopicName != topic {
+			continue
+		}
+		for _, ch := range tp.Channels {
+			require.Len(e.t, ch.Clients, 1)
+			return ch.Clients[0]
+		}
+	}
+	e.t.Fatalf("topic %s has no channel in /stats", topic)
+	return nsqdtest.Client{}
+}

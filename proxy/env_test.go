@@ -150,6 +150,17 @@ func (e *env) waitAudit(want map[string]any) map[string]any {
 	return found
 }
 
+// countEvents counts the audit events with all the given field values.
+func (e *env) countEvents(want map[string]any) int {
+	n := 0
+	for _, ev := range e.auditEvents() {
+		if matches(ev, want) {
+			n++
+		}
+	}
+	return n
+}
+
 func (e *env) auditText() string {
 	b, _ := os.ReadFile(e.auditPath)
 	return string(b)
