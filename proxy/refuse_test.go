@@ -12,6 +12,7 @@ import (
 
 	"github.com/nsqio/go-nsq"
 	"github.com/nsqtls/nsqtls-proxy/internal/testpki"
+	"github.com/nsqtls/nsqtls-proxy/proxy"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -193,4 +194,34 @@ func (e *env) assertNsqdUntouched(before int) {
 	time.Sleep(100 * time.Millisecond)
 	assert.Equal(e.t, before, e.nsqdConnections(), "nsqd saw a connection:\n%s", e.nsqd.Log())
 	assert.Empty(e.t, e.nsqdClients(), "nsqd /stats lists a client")
+}
+
+// TestOpeningTimeout: a client that stalls before IDENTIFY or before its
+// TLS handshake is cut off at the handshake deadline.
+func TestOpeningTimeout(t *testing.T) {
+	e := newEnv(t, envConfig{opts: func(o *proxy.Options) {
+		o.TLSHandshakeTimeout = 300 * time.Millisecond
+	}})
+	for _, tc := range []struct {
+		name string
+		send []byte
+	}{
+		{"silent", nil},
+		{"half a magic", []byte(" ")},
+		{"no ClientHello", rawIdentify([]byte(`{"feature_negotiation":true,"tls_v1":true}`))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := e.sub(t)
+			conn, err := net.Dial("tcp", e.addr)
+			require.NoError(t, err)
+			defer conn.Close()
+			_, err = conn.Write(tc.send)
+			require.NoError(t, err)
+			require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+			_, err = io.ReadAll(conn)
+			require.NoError(t, err, "the proxy must close the stalled connection")
+			e.waitAudit(map[string]any{"event": "handshake", "outcome": "failed",
+				"reason": "timeout", "remote_addr": conn.LocalAddr().String()})
+		})
+	}
 }

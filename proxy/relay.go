@@ -22,8 +22,18 @@ var bufPool = sync.Pool{New: func() any {
 	return &b
 }}
 
-func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
-func putBuf(b *[]byte) { bufPool.Put(b) }
+// buffersOut counts relay buffers taken and not yet returned.
+var buffersOut atomic.Int64
+
+func getBuf() *[]byte {
+	buffersOut.Add(1)
+	return bufPool.Get().(*[]byte)
+}
+
+func putBuf(b *[]byte) {
+	buffersOut.Add(-1)
+	bufPool.Put(b)
+}
 
 // errWouldBlock is returned by a nonblocking nbConn read that found no
 // data. crypto/tls treats a Temporary error from its transport as
