@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -78,6 +79,9 @@ func handshakeReason(err error, now time.Time) Reason {
 	var verify *tls.CertificateVerificationError
 	if errors.As(err, &verify) {
 		return certReason(verify.Err, verify.UnverifiedCertificates, now)
+	}
+	if errors.Is(err, context.Canceled) {
+		return ReasonShutdown
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) && netErr.Timeout() {

@@ -91,10 +91,8 @@ func (s *Server) Serve(ctx context.Context) error {
 
 	s.log.Info("listening", zap.String(FieldListener, listenerNSQD),
 		zap.Stringer("addr", s.ln.Addr()), zap.String(FieldUpstreamAddr, s.opts.UpstreamTCPAddress))
-	go func() {
-		<-ctx.Done()
-		s.ln.Close()
-	}()
+	stopClosing := context.AfterFunc(ctx, func() { s.ln.Close() })
+	defer stopClosing()
 	err := s.acceptLoop(ctx)
 	s.drain()
 	if ctx.Err() != nil {
