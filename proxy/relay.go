@@ -7,7 +7,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 )
 
 // relayBufSize is one TLS record's worth of plaintext: each read from nsqd
@@ -52,24 +51,24 @@ func (wouldBlock) Temporary() bool { return true }
 // buffer back and waits for the socket without one.
 type nbConn struct {
 	net.Conn
-	rc          syscall.RawConn // nil where the platform path is unavailable
+	raw         *rawReader // nil where the platform path is unavailable
 	nonblocking bool
 }
 
 func newNBConn(c net.Conn) *nbConn {
-	return &nbConn{Conn: c, rc: rawConnOf(c)}
+	return &nbConn{Conn: c, raw: newRawReader(c)}
 }
 
 func (c *nbConn) Read(p []byte) (int, error) {
-	if !c.nonblocking || c.rc == nil {
+	if !c.nonblocking || c.raw == nil {
 		return c.Conn.Read(p)
 	}
-	return readNow(c.rc, p)
+	return c.raw.readNow(p)
 }
 
 // pumpToUpstream copies the client's plaintext from tc to nsqd.
 func pumpToUpstream(up net.Conn, tc *tls.Conn, nb *nbConn, count *atomic.Int64) Reason {
-	if nb.rc == nil {
+	if nb.raw == nil {
 		return copyHoldingBuffer(up, tc, count, ReasonClientClosed, ReasonClientError,
 			ReasonUpstreamError)
 	}
@@ -82,7 +81,7 @@ func pumpToUpstream(up net.Conn, tc *tls.Conn, nb *nbConn, count *atomic.Int64) 
 		if !idle {
 			return reason
 		}
-		if err := waitReadable(nb.rc); err != nil {
+		if err := nb.raw.waitReadable(); err != nil {
 			return ReasonClientError
 		}
 	}
@@ -113,13 +112,13 @@ func drainTLS(up net.Conn, tc *tls.Conn, buf []byte, count *atomic.Int64) (Reaso
 
 // pumpToClient copies nsqd's bytes to the client through tc.
 func pumpToClient(tc *tls.Conn, up net.Conn, count *atomic.Int64) Reason {
-	rc := rawConnOf(up)
-	if rc == nil {
+	raw := newRawReader(up)
+	if raw == nil {
 		return copyHoldingBuffer(tc, up, count, ReasonUpstreamClosed, ReasonUpstreamError,
 			ReasonClientError)
 	}
 	for {
-		buf, n, err := readPooled(rc)
+		buf, n, err := raw.readPooled()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return ReasonUpstreamClosed

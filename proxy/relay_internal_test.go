@@ -22,7 +22,11 @@ type relayPair struct {
 	done     chan struct{}
 }
 
-func newRelayPair(t testing.TB) *relayPair {
+func newRelayPair(t testing.TB) *relayPair { return newRelayPairWith(t, true) }
+
+// newRelayPairWith relays with the proxy's pumps, or, when pooled is
+// false, with plain io.Copy in each direction as a baseline.
+func newRelayPairWith(t testing.TB, pooled bool) *relayPair {
 	ca, err := testpki.NewCA("relay test")
 	require.NoError(t, err)
 	server, err := ca.Server("relay")
@@ -52,12 +56,20 @@ func newRelayPair(t testing.TB) *relayPair {
 		defer close(p.done)
 		up := make(chan struct{})
 		go func() {
-			pumpToUpstream(proxyUp, srv, nb, &from)
+			if pooled {
+				pumpToUpstream(proxyUp, srv, nb, &from)
+			} else {
+				_, _ = io.Copy(proxyUp, srv)
+			}
 			srv.Close()
 			proxyUp.Close()
 			close(up)
 		}()
-		pumpToClient(srv, proxyUp, &to)
+		if pooled {
+			pumpToClient(srv, proxyUp, &to)
+		} else {
+			_, _ = io.Copy(srv, proxyUp)
+		}
 		srv.Close()
 		proxyUp.Close()
 		<-up
@@ -143,4 +155,59 @@ func roundTrip(t testing.TB, p *relayPair, toUpstream, toClient []byte) {
 	_, err = io.ReadFull(p.client, got)
 	require.NoError(t, err)
 	require.Equal(t, toClient, got)
+}
+
+// BenchmarkRelay compares the proxy's relay with plain io.Copy over the
+// same TLS connection: bulk in each direction, and a small request and
+// answer as an NSQ consumer's FIN and next message make.
+func BenchmarkRelay(b *testing.B) {
+	for _, mode := range []struct {
+		name   string
+		pooled bool
+	}{{"pooled", true}, {"iocopy", false}} {
+		b.Run("to_client_64KiB/"+mode.name, func(b *testing.B) {
+			p := newRelayPairWith(b, mode.pooled)
+			benchStream(b, p.upstream, p.client, 64<<10)
+		})
+		b.Run("to_upstream_64KiB/"+mode.name, func(b *testing.B) {
+			p := newRelayPairWith(b, mode.pooled)
+			benchStream(b, p.client, p.upstream, 64<<10)
+		})
+		b.Run("ping_pong_100B/"+mode.name, func(b *testing.B) {
+			p := newRelayPairWith(b, mode.pooled)
+			msg := make([]byte, 100)
+			b.SetBytes(int64(2 * len(msg)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				roundTrip(b, p, msg, msg)
+			}
+		})
+	}
+}
+
+func benchStream(b *testing.B, w io.Writer, r io.Reader, chunk int) {
+	data := make([]byte, chunk)
+	b.SetBytes(int64(chunk))
+	b.ReportAllocs()
+	errs := make(chan error, 1)
+	b.ResetTimer()
+	go func() {
+		for i := 0; i < b.N; i++ {
+			if _, err := w.Write(data); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	buf := make([]byte, chunk)
+	for i := 0; i < b.N; i++ {
+		if _, err := io.ReadFull(r, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
 }

@@ -2,15 +2,14 @@
 
 package proxy
 
-import (
-	"net"
-	"syscall"
-)
+import "net"
 
-// Without unix sockets calls the relay holds a pooled buffer per direction
-// for the life of a connection; rawConnOf returning nil selects that path.
-func rawConnOf(net.Conn) syscall.RawConn { return nil }
+// Without unix socket calls the relay holds a pooled buffer per direction
+// for the life of a connection; a nil rawReader selects that path.
+type rawReader struct{}
 
-func readNow(syscall.RawConn, []byte) (int, error)     { return 0, errWouldBlock }
-func readPooled(syscall.RawConn) (*[]byte, int, error) { return nil, 0, errWouldBlock }
-func waitReadable(syscall.RawConn) error               { return nil }
+func newRawReader(net.Conn) *rawReader { return nil }
+
+func (*rawReader) readNow([]byte) (int, error)       { return 0, errWouldBlock }
+func (*rawReader) readPooled() (*[]byte, int, error) { return nil, 0, errWouldBlock }
+func (*rawReader) waitReadable() error               { return nil }
