@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -36,11 +37,25 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, time.Since(start), time.Second, "drain timeout not honoured")
 	e.waitAudit(map[string]any{"event": "close", "client_cn": "long-lived", "reason": "shutdown"})
+	assert.Empty(t, proxyGoroutines(), "goroutines outlived Serve")
 
 	late, err := nsq.NewProducer(e.addr, nsqConfig(e.client("late")))
 	require.NoError(t, err)
 	late.SetLoggerLevel(nsq.LogLevelError)
 	assert.Error(t, late.Ping(), "a stopped proxy must not accept clients")
+}
+
+// proxyGoroutines returns the stacks of goroutines running proxy code.
+func proxyGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "nsqtls-proxy/proxy.") && !strings.Contains(g, "proxy_test.") {
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 // TestUnixSocketUpstreamAndRestart runs nsqd on a unix socket, restarts it
