@@ -184,6 +184,7 @@ func NewLogger(level string) (*zap.Logger, error) {
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	cfg.Sampling = nil
 	cfg.DisableStacktrace = true
+	cfg.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
 	return cfg.Build()
 }
 

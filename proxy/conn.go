@@ -86,7 +86,13 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 
 	if f := s.open(ctx, c); f != nil {
 		s.audit.handshakeFailed(c, f.reason, f.err, f.cert, f.state)
-		s.log.Info("client refused", zap.Uint64(FieldConnID, c.id),
+		// A peer that leaves mid-opening (a port probe, a health check)
+		// is audited but is not news for the human log.
+		level := zap.InfoLevel
+		if f.reason == ReasonClientClosed {
+			level = zap.DebugLevel
+		}
+		s.log.Log(level, "client refused", zap.Uint64(FieldConnID, c.id),
 			zap.String(FieldRemoteAddr, c.remoteAddr), zap.String(FieldReason, string(f.reason)),
 			zap.Error(f.err))
 		c.close(f.reason)
@@ -143,6 +149,10 @@ func handshakeFailure(err error) *openingFailure {
 	var verify *tls.CertificateVerificationError
 	if errors.As(err, &verify) && len(verify.UnverifiedCertificates) > 0 {
 		f.cert = verify.UnverifiedCertificates[0]
+	}
+	if f.reason == ReasonNoClientCert {
+		f.err = fmt.Errorf("%w (clients such as Go's send none when their certificate "+
+			"was not issued by a CA in --tls-root-ca-file)", err)
 	}
 	return f
 }

@@ -26,17 +26,18 @@ type featureResponse struct {
 
 // upstreamSettings is what the proxy knows of nsqd's configuration, learned
 // from nsqd's own answers to the proxy's IDENTIFY probes.
+// The JSON names are for the log.
 type upstreamSettings struct {
-	Version             string
-	MaxRdyCount         int64
-	MaxMsgTimeout       int64 // milliseconds
-	MsgTimeout          int64 // default, milliseconds
-	MaxDeflateLevel     int
-	DeflateEnabled      bool
-	SnappyEnabled       bool
-	AuthRequired        bool
-	OutputBufferSize    int   // default
-	OutputBufferTimeout int64 // default, milliseconds
+	Version             string `json:"version"`
+	MaxRdyCount         int64  `json:"max_rdy_count"`
+	MaxMsgTimeout       int64  `json:"max_msg_timeout_ms"`
+	MsgTimeout          int64  `json:"msg_timeout_ms"` // default
+	MaxDeflateLevel     int    `json:"max_deflate_level"`
+	DeflateEnabled      bool   `json:"deflate"`
+	SnappyEnabled       bool   `json:"snappy"`
+	AuthRequired        bool   `json:"auth_required"`
+	OutputBufferSize    int    `json:"output_buffer_size"`       // default
+	OutputBufferTimeout int64  `json:"output_buffer_timeout_ms"` // default
 }
 
 // promise computes the feature answer nsqd would give to id, by nsqd's own

@@ -52,7 +52,12 @@ func (d *demo) report() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("\naudit log %s (%d lines):\n", d.proxy.auditPath, len(events))
+	raw, err := os.ReadFile(d.proxy.auditPath)
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	fmt.Printf("\naudit log %s, as written (JSON lines):\n%s", d.proxy.auditPath, raw)
+	fmt.Printf("\nthe same %d lines, condensed:\n", len(events))
 	for _, ev := range events {
 		fmt.Println("  " + auditLine(ev))
 	}
