@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -108,7 +107,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 // upstream IDENTIFY and the OK inside TLS. On success c is ready to relay.
 func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 	_ = c.raw.SetDeadline(c.start.Add(s.opts.TLSHandshakeTimeout))
-	id, err := readOpening(bufio.NewReaderSize(c.raw, openingBufSize))
+	br := getOpeningReader(c.raw)
+	id, err := readOpening(br)
+	putOpeningReader(br)
 	if err != nil {
 		return s.refusePlaintext(c, err)
 	}

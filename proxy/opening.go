@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 )
 
 const (
@@ -19,9 +20,13 @@ const (
 	// (5 MB), which is far too much to buffer for an unauthenticated peer.
 	maxIdentifyBody = 16 << 10
 
-	// openingBufSize bounds how much the opening reader may buffer beyond
-	// the command line. Reads of a larger body bypass the buffer.
-	openingBufSize = 512
+	// maxCommandLine caps the command line before the IDENTIFY body.
+	maxCommandLine = 256
+
+	// openingBufSize is larger than any acceptable opening, so that every
+	// read goes through the buffer and plaintext sent along with the
+	// IDENTIFY shows up as buffered bytes.
+	openingBufSize = maxIdentifyBody + maxCommandLine + 8
 
 	tlsRequiredHint = "this nsqtls-proxy requires TLS with a client certificate " +
 		"(IDENTIFY with feature_negotiation and tls_v1 true)"
@@ -69,6 +74,23 @@ var nsqCommands = map[string]bool{
 	"NOP": true, "TOUCH": true, "SUB": true, "CLS": true, "AUTH": true,
 }
 
+// openingReaders pools the readers of the opening; a connection holds one
+// only until its IDENTIFY has been read.
+var openingReaders = sync.Pool{New: func() any {
+	return bufio.NewReaderSize(nil, openingBufSize)
+}}
+
+func getOpeningReader(r io.Reader) *bufio.Reader {
+	br := openingReaders.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+func putOpeningReader(br *bufio.Reader) {
+	br.Reset(nil)
+	openingReaders.Put(br)
+}
+
 // readOpening reads the plaintext opening of an NSQ client: the magic, the
 // IDENTIFY command and its body. It returns the parsed body, or an
 // *openingError that says what was wrong, or the read error itself when
@@ -83,7 +105,7 @@ func readOpening(r *bufio.Reader) (*identifyData, error) {
 	}
 
 	line, err := r.ReadSlice('\n')
-	if errors.Is(err, bufio.ErrBufferFull) {
+	if errors.Is(err, bufio.ErrBufferFull) || len(line) > maxCommandLine {
 		return nil, refuse("E_INVALID", ReasonBadProtocol, "command line too long")
 	}
 	if err != nil {
@@ -126,7 +148,7 @@ func badMagic(magic []byte) *openingError {
 			"TLS handshake before the NSQ opening")
 	}
 	return refuse("E_BAD_PROTOCOL", ReasonBadProtocol,
-		"bad protocol magic %q; %s", magic, tlsRequiredHint)
+		"bad protocol magic %q", magic)
 }
 
 func isHTTPStart(b []byte) bool {
@@ -146,7 +168,7 @@ func checkIdentifyCommand(line []byte) error {
 	}
 	if nsqCommands[string(name)] {
 		return refuse("E_INVALID", ReasonPlaintextRejected,
-			"cannot %s before IDENTIFY; %s", name, tlsRequiredHint)
+			"cannot %s before IDENTIFY", name)
 	}
 	return refuse("E_INVALID", ReasonBadProtocol, "invalid command before IDENTIFY")
 }

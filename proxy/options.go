@@ -210,6 +210,11 @@ func (o *Options) Validate() error {
 	if _, err := parseLogLevel(o.LogLevel); err != nil {
 		return err
 	}
+	if upstreamNetwork(o.UpstreamTCPAddress) == "unix" &&
+		!strings.Contains(o.UpstreamTCPAddress, "/") {
+		return fmt.Errorf("options: --upstream-tcp-address %q has no port; give HOST:PORT, "+
+			"or a unix socket path containing a '/' (e.g. ./nsqd.sock)", o.UpstreamTCPAddress)
+	}
 	if !o.UnsafeUpstream && !isLoopbackAddr(o.UpstreamTCPAddress) {
 		return fmt.Errorf("options: --upstream-tcp-address %q is not a loopback address or unix "+
 			"socket; traffic to nsqd is plaintext, so give 127.0.0.1:PORT, [::1]:PORT or a socket "+

@@ -46,7 +46,8 @@ const (
 
 // certReason maps a certificate verification failure to a Reason. now is
 // the verification time, used to tell an expired certificate from one that
-// is not valid yet.
+// is not valid yet; chain is what the client sent, in case the error does
+// not name the certificate.
 func certReason(err error, chain []*x509.Certificate, now time.Time) Reason {
 	var unknown x509.UnknownAuthorityError
 	if errors.As(err, &unknown) {
@@ -58,7 +59,11 @@ func certReason(err error, chain []*x509.Certificate, now time.Time) Reason {
 	}
 	switch invalid.Reason {
 	case x509.Expired:
-		for _, c := range chain {
+		suspects := chain
+		if invalid.Cert != nil {
+			suspects = []*x509.Certificate{invalid.Cert}
+		}
+		for _, c := range suspects {
 			if now.Before(c.NotBefore) {
 				return ReasonNotYetValid
 			}
