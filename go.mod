@@ -9,6 +9,7 @@ require (
 	github.com/nsqio/go-nsq v1.1.0
 	github.com/stretchr/testify v1.12.1
 	go.uber.org/zap v1.28.0
+	golang.org/x/crypto v0.59.0
 )
 
 require (
