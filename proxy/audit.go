@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/nsqtls/nsqtls-proxy/revocation"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -37,14 +38,19 @@ const (
 	FieldDurationMS        = "duration_ms"
 	FieldBytesFromClient   = "bytes_from_client"
 	FieldBytesToClient     = "bytes_to_client"
+	FieldRevocationReason  = "revocation_reason"
+	FieldRevokedAt         = "revoked_at"
 )
 
 // Audit events and outcomes.
 const (
 	EventHandshake = "handshake"
 	EventClose     = "close"
-	OutcomeOK      = "ok"
-	OutcomeFailed  = "failed"
+	// EventRevokedDisconnect: an open connection was closed because its
+	// certificate was found revoked.
+	EventRevokedDisconnect = "revoked_disconnect"
+	OutcomeOK              = "ok"
+	OutcomeFailed          = "failed"
 )
 
 // listenerNSQD names the NSQ TCP listener in audit lines.
@@ -158,6 +164,24 @@ func (a *auditLog) handshakeFailed(c *clientConn, reason Reason, err error,
 	if state != nil {
 		fields = append(fields, tlsFields(*state)...)
 	}
+	fields = append(fields, revocationFields(c.revocation)...)
+	a.write(fields...)
+}
+
+func revocationFields(r revocation.Result) []zap.Field {
+	if r.Status != revocation.Revoked {
+		return nil
+	}
+	return []zap.Field{zap.String(FieldRevocationReason, r.Entry.Reason),
+		zap.Time(FieldRevokedAt, r.Entry.RevokedAt)}
+}
+
+// revokedDisconnect records an open connection closed for revocation.
+func (a *auditLog) revokedDisconnect(c *clientConn, r revocation.Result) {
+	fields := append(connFields(c), zap.String(FieldEvent, EventRevokedDisconnect),
+		zap.String(FieldReason, string(ReasonRevoked)), zap.String(FieldDetail, r.Detail))
+	fields = append(fields, certFields(c.leaf)...)
+	fields = append(fields, revocationFields(r)...)
 	a.write(fields...)
 }
 

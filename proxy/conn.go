@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nsqtls/nsqtls-proxy/revocation"
 	"go.uber.org/zap"
 )
 
@@ -24,12 +25,14 @@ type clientConn struct {
 	start      time.Time
 
 	leaf       *x509.Certificate
+	revocation revocation.Result // what the handshake's check found
 	fromClient atomic.Int64
 	toClient   atomic.Int64
 
-	mu       sync.Mutex // guards tls and upstream against close
+	mu       sync.Mutex // guards tls, upstream and chains
 	tls      *tls.Conn
 	upstream net.Conn
+	chains   [][]*x509.Certificate // set once the connection is admitted
 
 	closeOnce   sync.Once
 	closeReason Reason
@@ -57,6 +60,14 @@ func (c *clientConn) setTLS(tc *tls.Conn) {
 	c.mu.Lock()
 	c.tls = tc
 	c.mu.Unlock()
+}
+
+// admittedChains returns the verified chains of an admitted connection,
+// nil before that.
+func (c *clientConn) admittedChains() [][]*x509.Certificate {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.chains
 }
 
 func (c *clientConn) setUpstream(up net.Conn) {
@@ -97,7 +108,13 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		c.close(f.reason)
 		return
 	}
+	expiry := time.AfterFunc(time.Until(chainsExpiry(c.admittedChains())), func() {
+		s.log.Info("closing a connection whose certificate expired",
+			zap.Uint64(FieldConnID, c.id), zap.String(FieldClientCN, c.leaf.Subject.CommonName))
+		c.close(ReasonExpired)
+	})
 	s.relay(c)
+	expiry.Stop()
 	s.audit.closed(c, c.closeReason)
 	s.log.Debug("connection closed", zap.Uint64(FieldConnID, c.id),
 		zap.String(FieldReason, string(c.closeReason)))
@@ -125,6 +142,7 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 	}
 
 	nb := newNBConn(c.raw)
+	nb.config = s.connTLSConfig(c)
 	tc := tls.Server(nb, s.tlsConfig)
 	c.setTLS(tc)
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -141,8 +159,32 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 		return &openingFailure{reason: ReasonClientClosed, err: err, cert: c.leaf, state: &state}
 	}
 	_ = c.raw.SetDeadline(time.Time{})
+	c.mu.Lock()
+	c.chains = state.VerifiedChains
+	c.mu.Unlock()
 	s.audit.handshakeOK(c, state)
 	return nil
+}
+
+// connTLSConfig is c's handshake config: the server's, with checks that
+// record their findings on c.
+func (s *Server) connTLSConfig(c *clientConn) *tls.Config {
+	cfg := s.tlsConfig.Clone()
+	cfg.GetConfigForClient = nil
+	cfg.VerifyConnection = func(state tls.ConnectionState) error {
+		if err := verifyConnection(state, nil); err != nil {
+			return err
+		}
+		c.revocation = s.checkRevocation(state.VerifiedChains)
+		switch c.revocation.Status {
+		case revocation.Revoked:
+			return &reasonError{reason: ReasonRevoked, err: c.revocation.Err()}
+		case revocation.Unknown:
+			return &reasonError{reason: ReasonRevocationUnknown, err: c.revocation.Err()}
+		}
+		return nil
+	}
+	return cfg
 }
 
 func handshakeFailure(err error) *openingFailure {

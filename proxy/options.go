@@ -34,6 +34,9 @@ type Options struct {
 	DrainTimeout         time.Duration
 	AuditLog             string
 	LogLevel             string
+
+	CRLFiles      stringList
+	CRLStaleGrace time.Duration
 }
 
 // NewOptions returns the defaults.
@@ -83,8 +86,22 @@ func (o *Options) FlagSet(name string) *flag.FlagSet {
 	fs.StringVar(&o.AuditLog, "audit-log", o.AuditLog,
 		"path of the audit log (JSON lines); empty or - for stdout")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
+
+	fs.Var(&o.CRLFiles, "crl-file",
+		"CRL file (PEM or DER) issued by a CA of --tls-root-ca-file; repeatable; "+
+			"re-read when it changes and on SIGHUP")
+	fs.DurationVar(&o.CRLStaleGrace, "crl-stale-grace", o.CRLStaleGrace,
+		"how long past its nextUpdate a CRL is still used; after that its issuer's "+
+			"certificates are refused")
 	return fs
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+func (l *stringList) Repeatable()        {}
 
 // ParseArgs parses command-line arguments into o, then fills what the
 // command line left unset from the file named by --config. It does not
@@ -204,7 +221,8 @@ func (o *Options) Validate() error {
 			"(the only policy: every client must present a certificate that chains to "+
 			"--tls-root-ca-file)", o.TLSClientAuthPolicy)
 	}
-	if o.TLSHandshakeTimeout <= 0 || o.UpstreamDialTimeout <= 0 || o.DrainTimeout < 0 {
+	if o.TLSHandshakeTimeout <= 0 || o.UpstreamDialTimeout <= 0 || o.DrainTimeout < 0 ||
+		o.CRLStaleGrace < 0 {
 		return errors.New("options: timeouts must be positive")
 	}
 	if _, err := parseLogLevel(o.LogLevel); err != nil {

@@ -51,7 +51,7 @@ func TestOptionsDefaults(t *testing.T) {
 		"tls-min-version": "tls1.2", "tls-client-auth-policy": "require-verify",
 		"tls-session-resumption": "true", "tls-handshake-timeout": "10s",
 		"upstream-dial-timeout": "5s", "drain-timeout": "10s", "audit-log": "",
-		"log-level": "info",
+		"log-level": "info", "crl-file": "", "crl-stale-grace": "0s",
 	} {
 		f := fs.Lookup(name)
 		if assert.NotNil(t, f, name) {
@@ -61,7 +61,7 @@ func TestOptionsDefaults(t *testing.T) {
 	}
 	n := 0
 	fs.VisitAll(func(*flag.Flag) { n++ })
-	assert.Equal(t, 15, n, "a new flag needs a default test")
+	assert.Equal(t, 17, n, "a new flag needs a default test")
 }
 
 func TestOptionsFlags(t *testing.T) {

@@ -32,6 +32,8 @@ const (
 	ReasonUpstreamUnavailable Reason = "upstream_unavailable"
 	ReasonUpstreamRejected    Reason = "upstream_rejected"
 	ReasonUpstreamMismatch    Reason = "upstream_mismatch"
+	ReasonRevoked             Reason = "revoked"
+	ReasonRevocationUnknown   Reason = "revocation_unknown"
 )
 
 // Reasons for the end of an established connection. ReasonClientClosed and

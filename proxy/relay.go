@@ -51,7 +51,8 @@ func (wouldBlock) Temporary() bool { return true }
 // buffer back and waits for the socket without one.
 type nbConn struct {
 	net.Conn
-	raw         *rawReader // nil where the platform path is unavailable
+	raw         *rawReader  // nil where the platform path is unavailable
+	config      *tls.Config // this connection's handshake config
 	nonblocking bool
 }
 

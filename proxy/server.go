@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nsqtls/nsqtls-proxy/revocation"
 	"go.uber.org/zap"
 )
 
@@ -22,6 +24,9 @@ type Server struct {
 	tlsConfig *tls.Config
 	up        *upstream
 	ln        net.Listener
+
+	revocation *revocation.Checker // nil without revocation sources
+	recheck    chan struct{}       // asks for open connections to be checked again
 
 	nextID atomic.Uint64
 	wg     sync.WaitGroup
@@ -38,18 +43,46 @@ func New(opts *Options, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	audit, err := openAuditLog(opts.AuditLog)
-	if err != nil {
-		return nil, err
-	}
-	return &Server{
+	perConnection(tlsConfig)
+	s := &Server{
 		opts:      opts,
 		log:       log,
-		audit:     audit,
 		tlsConfig: tlsConfig,
 		up:        newUpstream(opts.UpstreamTCPAddress, opts.UpstreamDialTimeout, log),
 		conns:     make(map[*clientConn]struct{}),
-	}, nil
+		recheck:   make(chan struct{}, 1),
+	}
+	if s.revocation, err = s.newRevocation(); err != nil {
+		return nil, err
+	}
+	if s.audit, err = openAuditLog(opts.AuditLog); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) newRevocation() (*revocation.Checker, error) {
+	if len(s.opts.CRLFiles) == 0 {
+		return nil, nil
+	}
+	_, issuers, err := loadCABundle(s.opts.TLSRootCAFile)
+	if err != nil {
+		return nil, err
+	}
+	return revocation.New(revocation.Config{
+		CRLFiles:   s.opts.CRLFiles,
+		StaleGrace: s.opts.CRLStaleGrace,
+		Issuers:    issuers,
+		OnChange:   s.requestRecheck,
+		Log:        s.log,
+	})
+}
+
+// Reload re-reads the revocation sources now, as SIGHUP asks.
+func (s *Server) Reload() {
+	if s.revocation != nil {
+		s.revocation.Reload(true)
+	}
 }
 
 // Listen binds the client listener; Addr is valid after it returns.
@@ -88,6 +121,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		stopWatch()
 		<-watchDone
 	}()
+	if s.revocation != nil {
+		var bg sync.WaitGroup
+		bg.Go(func() { s.revocation.Run(watchCtx) })
+		bg.Go(func() { s.recheckLoop(watchCtx) })
+		defer bg.Wait()
+	}
 
 	s.log.Info("listening", zap.String(FieldListener, listenerNSQD),
 		zap.Stringer("addr", s.ln.Addr()), zap.String(FieldUpstreamAddr, s.opts.UpstreamTCPAddress))
@@ -186,4 +225,64 @@ func (s *Server) untrack(c *clientConn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+}
+
+func (s *Server) requestRecheck() {
+	select {
+	case s.recheck <- struct{}{}:
+	default:
+	}
+}
+
+// recheckLoop checks open connections again whenever the revocation state
+// changes, until ctx ends.
+func (s *Server) recheckLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.recheck:
+			s.closeRevoked()
+		}
+	}
+}
+
+// closeRevoked closes every established connection whose certificate is
+// now revoked.
+func (s *Server) closeRevoked() {
+	s.mu.Lock()
+	conns := make([]*clientConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		chains := c.admittedChains()
+		if chains == nil {
+			continue
+		}
+		r := s.checkRevocation(chains)
+		if r.Status != revocation.Revoked {
+			continue
+		}
+		s.audit.revokedDisconnect(c, r)
+		s.log.Warn("closing a connection whose certificate was revoked",
+			zap.Uint64(FieldConnID, c.id), zap.String(FieldRemoteAddr, c.remoteAddr),
+			zap.String(FieldClientCN, c.leaf.Subject.CommonName), zap.String(FieldDetail, r.Detail))
+		c.close(ReasonRevoked)
+	}
+}
+
+// checkRevocation checks every verified chain; the first that is not good
+// decides.
+func (s *Server) checkRevocation(chains [][]*x509.Certificate) revocation.Result {
+	if s.revocation == nil {
+		return revocation.Result{}
+	}
+	for _, chain := range chains {
+		if r := s.revocation.Check(chain); r.Status != revocation.Good {
+			return r
+		}
+	}
+	return revocation.Result{}
 }

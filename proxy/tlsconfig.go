@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -10,12 +11,14 @@ import (
 )
 
 // newTLSConfig builds the server side of the client handshake from opts.
+// Every handshake, full or resumed, runs verifyConnection; a connection
+// made with newConn's config also records what the checks found.
 func newTLSConfig(opts *Options) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(opts.TLSCert, opts.TLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: load --tls-cert/--tls-key: %w", err)
 	}
-	pool, err := loadCAPool(opts.TLSRootCAFile)
+	pool, _, err := loadCABundle(opts.TLSRootCAFile)
 	if err != nil {
 		return nil, err
 	}
@@ -36,16 +39,43 @@ func newTLSConfig(opts *Options) (*tls.Config, error) {
 	return cfg, nil
 }
 
-func loadCAPool(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
+// perConnection makes base hand each handshake the config stored on its
+// *nbConn, so that checks can record their findings on that connection.
+// Session tickets stay those of base: crypto/tls takes them from the
+// config given to tls.Server, not from the one GetConfigForClient returns.
+func perConnection(base *tls.Config) {
+	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if nb, ok := hello.Conn.(*nbConn); ok && nb.config != nil {
+			return nb.config, nil
+		}
+		return nil, nil
+	}
+}
+
+// loadCABundle reads the client CA bundle as a pool for verification and
+// as a list of certificates, the CAs a CRL may come from.
+func loadCABundle(path string) (*x509.CertPool, []*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: --tls-root-ca-file: %w", err)
+		return nil, nil, fmt.Errorf("proxy: --tls-root-ca-file: %w", err)
 	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("proxy: --tls-root-ca-file %s holds no PEM certificate", path)
+	var certs []*x509.Certificate
+	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("proxy: --tls-root-ca-file: %w", err)
+		}
+		pool.AddCert(cert)
+		certs = append(certs, cert)
 	}
-	return pool, nil
+	if len(certs) == 0 {
+		return nil, nil, fmt.Errorf("proxy: --tls-root-ca-file %s holds no PEM certificate", path)
+	}
+	return pool, certs, nil
 }
 
 // verifyConnection runs on every handshake, full or resumed; crypto/tls
@@ -73,4 +103,22 @@ func verifyConnection(state tls.ConnectionState, clock func() time.Time) error {
 		}
 	}
 	return nil
+}
+
+// chainsExpiry is when the first certificate of every verified chain has
+// expired: past it, no chain the connection was admitted on is valid.
+func chainsExpiry(chains [][]*x509.Certificate) time.Time {
+	var last time.Time
+	for _, chain := range chains {
+		first := chain[0].NotAfter
+		for _, c := range chain[1:] {
+			if c.NotAfter.Before(first) {
+				first = c.NotAfter
+			}
+		}
+		if first.After(last) {
+			last = first
+		}
+	}
+	return last
 }

@@ -1,0 +1,267 @@
+package revocation
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Status is the revocation status of a chain.
+type Status int
+
+const (
+	// Good: no CRL that applies lists any certificate of the chain.
+	Good Status = iota
+	// Revoked: a certificate of the chain is listed.
+	Revoked
+	// Unknown: the status cannot be told, e.g. the issuer's CRL is stale.
+	Unknown
+)
+
+func (s Status) String() string {
+	return [...]string{"good", "revoked", "unknown"}[s]
+}
+
+// Result is the outcome of a check.
+type Result struct {
+	Status Status
+	Cert   *x509.Certificate // the revoked or undecided certificate
+	Entry  Entry             // for Revoked
+	Detail string
+}
+
+// Config configures a Checker.
+type Config struct {
+	// CRLFiles are PEM or DER CRL files, re-read when they change.
+	CRLFiles []string
+	// StaleGrace is how long past its nextUpdate a CRL is still used.
+	StaleGrace time.Duration
+	// Issuers are the CAs a CRL may be signed by: the client CA bundle.
+	Issuers []*x509.Certificate
+	// PollInterval is how often CRL files are checked for changes.
+	PollInterval time.Duration
+	// OnChange is called after the revocation state changed, e.g. a CRL
+	// was reloaded, so that open connections can be checked again.
+	OnChange func()
+	Log      *zap.Logger
+	Clock    func() time.Time
+}
+
+// Checker answers revocation questions from the CRLs it keeps current.
+type Checker struct {
+	cfg      Config
+	index    atomic.Pointer[crlIndex]
+	failures atomic.Int64
+
+	mu    sync.Mutex // serializes reloads
+	files []*crlFile
+}
+
+// crlFile is one CRL file and the last good CRL read from it.
+type crlFile struct {
+	path string
+	seen fileStamp
+	crl  *CRL
+}
+
+type fileStamp struct {
+	mtime time.Time
+	size  int64
+	inode uint64
+}
+
+// crlIndex maps an issuer, by its public key, to its newest CRL.
+type crlIndex struct {
+	byKey map[string]*CRL
+}
+
+// New loads every CRL file. A file that cannot be read, parsed or
+// verified is an error here: the proxy must not start without the
+// revocations it was told to enforce.
+func New(cfg Config) (*Checker, error) {
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	c := &Checker{cfg: cfg}
+	for _, path := range cfg.CRLFiles {
+		f := &crlFile{path: path}
+		if err := c.load(f); err != nil {
+			return nil, err
+		}
+		c.files = append(c.files, f)
+	}
+	c.rebuild()
+	return c, nil
+}
+
+// Enabled tells whether any revocation source is configured.
+func (c *Checker) Enabled() bool { return len(c.files) > 0 }
+
+// ReloadFailures counts CRL reloads that failed and left the last good
+// CRL in force.
+func (c *Checker) ReloadFailures() int64 { return c.failures.Load() }
+
+func (c *Checker) load(f *crlFile) error {
+	stamp, err := statFile(f.path)
+	if err != nil {
+		return fmt.Errorf("revocation: CRL file: %w", err)
+	}
+	data, err := os.ReadFile(f.path)
+	if err != nil {
+		return fmt.Errorf("revocation: CRL file: %w", err)
+	}
+	crl, err := ParseCRL(data, c.cfg.Issuers)
+	if err != nil {
+		return fmt.Errorf("revocation: CRL file %s: %w", f.path, err)
+	}
+	if f.crl != nil && crl.ThisUpdate.Before(f.crl.ThisUpdate) {
+		return fmt.Errorf("revocation: CRL file %s is older (thisUpdate %s) than the one in force "+
+			"(%s)", f.path, crl.ThisUpdate, f.crl.ThisUpdate)
+	}
+	f.seen, f.crl = stamp, crl
+	c.cfg.Log.Info("CRL loaded", zap.String("path", f.path),
+		zap.String("issuer", crl.Issuer.Subject.String()), zap.Int("revoked", crl.Len()),
+		zap.Time("next_update", crl.NextUpdate))
+	return nil
+}
+
+func statFile(path string) (fileStamp, error) {
+	fi, err := os.Stat(path) // follows symlinks, so a swapped link is a change
+	if err != nil {
+		return fileStamp{}, err
+	}
+	return fileStamp{mtime: fi.ModTime(), size: fi.Size(), inode: inode(fi)}, nil
+}
+
+// rebuild publishes a new index from the files' current CRLs.
+func (c *Checker) rebuild() {
+	idx := &crlIndex{byKey: make(map[string]*CRL)}
+	for _, f := range c.files {
+		key := string(f.crl.Issuer.RawSubjectPublicKeyInfo)
+		if old, ok := idx.byKey[key]; !ok || f.crl.ThisUpdate.After(old.ThisUpdate) {
+			idx.byKey[key] = f.crl
+		}
+	}
+	c.index.Store(idx)
+}
+
+// Reload re-reads every CRL file whose content may have changed, or all of
+// them when force is set (SIGHUP). It reports whether anything changed.
+func (c *Checker) Reload(force bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed := false
+	for _, f := range c.files {
+		stamp, err := statFile(f.path)
+		if err == nil && stamp == f.seen && !force {
+			continue
+		}
+		if err == nil {
+			err = c.load(f)
+		}
+		if err != nil {
+			c.failures.Add(1)
+			c.cfg.Log.Error("CRL reload failed; the last good CRL stays in force",
+				zap.String("path", f.path), zap.Error(err))
+			f.seen = stamp // retry when the file changes again
+			continue
+		}
+		changed = true
+	}
+	if changed {
+		c.rebuild()
+		if c.cfg.OnChange != nil {
+			c.cfg.OnChange()
+		}
+	}
+	return changed
+}
+
+// Run polls the CRL files until ctx ends.
+func (c *Checker) Run(ctx context.Context) {
+	t := time.NewTicker(c.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.Reload(false)
+		}
+	}
+}
+
+// Check decides the revocation status of a verified chain, leaf first and
+// root last: each certificate but the root is looked up in its issuer's
+// CRL, if there is one.
+func (c *Checker) Check(chain []*x509.Certificate) Result {
+	idx := c.index.Load()
+	if idx == nil || len(idx.byKey) == 0 {
+		return Result{Status: Good}
+	}
+	now := c.cfg.Clock()
+	for i := 0; i+1 < len(chain); i++ {
+		cert, issuer := chain[i], chain[i+1]
+		crl, ok := idx.byKey[string(issuer.RawSubjectPublicKeyInfo)]
+		if !ok {
+			continue
+		}
+		if r, stale := c.stale(crl, cert, now); stale {
+			return r
+		}
+		if e, ok := crl.Lookup(cert.SerialNumber); ok {
+			return Result{Status: Revoked, Cert: cert, Entry: e,
+				Detail: fmt.Sprintf("certificate %q (serial %s) revoked at %s, reason %s",
+					cert.Subject.CommonName, cert.SerialNumber.Text(16),
+					e.RevokedAt.Format(time.RFC3339), orUnspecified(e.Reason))}
+		}
+	}
+	return Result{Status: Good}
+}
+
+func (c *Checker) stale(crl *CRL, cert *x509.Certificate, now time.Time) (Result, bool) {
+	if crl.NextUpdate.IsZero() || !now.After(crl.NextUpdate.Add(c.cfg.StaleGrace)) {
+		return Result{}, false
+	}
+	return Result{Status: Unknown, Cert: cert, Detail: fmt.Sprintf(
+		"the CRL of %q is stale: its nextUpdate was %s", crl.Issuer.Subject.CommonName,
+		crl.NextUpdate.Format(time.RFC3339))}, true
+}
+
+func orUnspecified(reason string) string {
+	if reason == "" {
+		return "unspecified"
+	}
+	return reason
+}
+
+// ErrRevoked and ErrUnknown let callers sort check failures.
+var (
+	ErrRevoked = errors.New("revocation: certificate revoked")
+	ErrUnknown = errors.New("revocation: revocation status unknown")
+)
+
+// Err turns a Result into an error wrapping ErrRevoked or ErrUnknown, or
+// nil when the chain is good.
+func (r Result) Err() error {
+	switch r.Status {
+	case Revoked:
+		return fmt.Errorf("%w: %s", ErrRevoked, r.Detail)
+	case Unknown:
+		return fmt.Errorf("%w: %s", ErrUnknown, r.Detail)
+	}
+	return nil
+}
