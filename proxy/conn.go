@@ -25,7 +25,8 @@ type clientConn struct {
 	start      time.Time
 
 	leaf       *x509.Certificate
-	revocation revocation.Result // what the handshake's check found
+	revocation revocation.Result    // what the handshake's check found
+	checked    *tls.ConnectionState // the state the handshake's checks saw
 	fromClient atomic.Int64
 	toClient   atomic.Int64
 
@@ -146,7 +147,12 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 	tc := tls.Server(nb, s.tlsConfig)
 	c.setTLS(tc)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return handshakeFailure(err)
+		f := handshakeFailure(err)
+		if c.checked != nil && len(c.checked.PeerCertificates) > 0 {
+			// Our own checks refused it: the chain verified, so say whose.
+			f.cert, f.state = c.checked.PeerCertificates[0], c.checked
+		}
+		return f
 	}
 	state := tc.ConnectionState()
 	c.leaf = state.PeerCertificates[0]
@@ -172,6 +178,7 @@ func (s *Server) connTLSConfig(c *clientConn) *tls.Config {
 	cfg := s.tlsConfig.Clone()
 	cfg.GetConfigForClient = nil
 	cfg.VerifyConnection = func(state tls.ConnectionState) error {
+		c.checked = &state
 		if err := verifyConnection(state, nil); err != nil {
 			return err
 		}

@@ -37,6 +37,8 @@ type env struct {
 type envConfig struct {
 	nsqdArgs []string
 	opts     func(*proxy.Options)
+	// setup runs after the CA and files exist, before the proxy starts.
+	setup func(e *env, o *proxy.Options)
 }
 
 func newEnv(t *testing.T, cfg envConfig) *env {
@@ -50,11 +52,11 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	t.Cleanup(n.Stop)
 
 	e := &env{t: t, dir: dir, ca: ca, nsqd: n, auditPath: filepath.Join(dir, "audit.log")}
-	e.startProxy(cfg.opts)
+	e.startProxy(cfg)
 	return e
 }
 
-func (e *env) startProxy(configure func(*proxy.Options)) {
+func (e *env) startProxy(cfg envConfig) {
 	t := e.t
 	server, err := e.ca.Server("nsqtls-proxy")
 	require.NoError(t, err)
@@ -70,8 +72,11 @@ func (e *env) startProxy(configure func(*proxy.Options)) {
 	opts.AuditLog = e.auditPath
 	opts.TLSHandshakeTimeout = 3 * time.Second
 	opts.DrainTimeout = time.Second
-	if configure != nil {
-		configure(opts)
+	if cfg.opts != nil {
+		cfg.opts(opts)
+	}
+	if cfg.setup != nil {
+		cfg.setup(e, opts)
 	}
 	srv, err := proxy.New(opts, zaptest.NewLogger(t))
 	require.NoError(t, err)

@@ -111,21 +111,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		return errors.New("proxy: Serve called before Listen")
 	}
 	defer s.audit.Close()
-	watchCtx, stopWatch := context.WithCancel(context.Background())
-	watchDone := make(chan struct{})
-	go func() {
-		s.up.watch(watchCtx)
-		close(watchDone)
-	}()
+	// Background work lives until Serve returns, after the drain.
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
 	defer func() {
-		stopWatch()
-		<-watchDone
+		stopBackground()
+		bg.Wait()
 	}()
+	bg.Go(func() { s.up.watch(bgCtx) })
 	if s.revocation != nil {
-		var bg sync.WaitGroup
-		bg.Go(func() { s.revocation.Run(watchCtx) })
-		bg.Go(func() { s.recheckLoop(watchCtx) })
-		defer bg.Wait()
+		bg.Go(func() { s.revocation.Run(bgCtx) })
+		bg.Go(func() { s.recheckLoop(bgCtx) })
 	}
 
 	s.log.Info("listening", zap.String(FieldListener, listenerNSQD),
