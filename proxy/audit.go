@@ -56,13 +56,16 @@ const (
 // listenerNSQD names the NSQ TCP listener in audit lines.
 const listenerNSQD = "nsqd_tcp"
 
-// auditLog writes one JSON object per event.
+// auditLog writes one JSON object per event. A failed write is reported
+// to the human log and returned, so that a connection is not admitted
+// without its audit line.
 type auditLog struct {
-	z      *zap.Logger
+	core   zapcore.Core
 	closer io.Closer
+	log    *zap.Logger // the human log, for write failures
 }
 
-func openAuditLog(path string) (*auditLog, error) {
+func openAuditLog(path string, log *zap.Logger) (*auditLog, error) {
 	var sink zapcore.WriteSyncer = zapcore.Lock(os.Stdout)
 	var closer io.Closer = io.NopCloser(nil)
 	if path != "" && path != "-" {
@@ -72,25 +75,32 @@ func openAuditLog(path string) (*auditLog, error) {
 		}
 		sink, closer = zapcore.Lock(f), f
 	}
-	return newAuditLog(sink, closer), nil
+	return newAuditLog(sink, closer, log), nil
 }
 
-func newAuditLog(sink zapcore.WriteSyncer, closer io.Closer) *auditLog {
+func newAuditLog(sink zapcore.WriteSyncer, closer io.Closer, log *zap.Logger) *auditLog {
 	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{
 		TimeKey:        "ts",
 		EncodeTime:     zapcore.RFC3339NanoTimeEncoder,
 		EncodeDuration: zapcore.MillisDurationEncoder,
 		LineEnding:     zapcore.DefaultLineEnding,
 	})
-	return &auditLog{z: zap.New(zapcore.NewCore(enc, sink, zapcore.InfoLevel)), closer: closer}
+	return &auditLog{core: zapcore.NewCore(enc, sink, zapcore.InfoLevel), closer: closer, log: log}
 }
 
 func (a *auditLog) Close() error {
-	_ = a.z.Sync()
+	_ = a.core.Sync()
 	return a.closer.Close()
 }
 
-func (a *auditLog) write(fields ...zap.Field) { a.z.Info("", fields...) }
+func (a *auditLog) write(fields ...zap.Field) error {
+	err := a.core.Write(zapcore.Entry{Level: zapcore.InfoLevel, Time: time.Now()}, fields)
+	if err != nil {
+		a.log.Error("audit log write failed", zap.Error(err))
+		return fmt.Errorf("proxy: audit log: %w", err)
+	}
+	return nil
+}
 
 // certFields describes a client certificate. On a failed handshake the
 // certificate is the one presented, unverified.
@@ -144,13 +154,13 @@ func connFields(c *clientConn) []zap.Field {
 	}
 }
 
-func (a *auditLog) handshakeOK(c *clientConn, state tls.ConnectionState) {
+func (a *auditLog) handshakeOK(c *clientConn, state tls.ConnectionState) error {
 	fields := append(connFields(c), zap.String(FieldEvent, EventHandshake),
 		zap.String(FieldOutcome, OutcomeOK))
 	fields = append(fields, certFields(c.leaf)...)
 	fields = append(fields, tlsFields(state)...)
 	fields = append(fields, zap.String(FieldUpstreamLocalAddr, c.upstream.LocalAddr().String()))
-	a.write(fields...)
+	return a.write(fields...)
 }
 
 // handshakeFailed records a refused opening. cert and state are what is
@@ -165,7 +175,7 @@ func (a *auditLog) handshakeFailed(c *clientConn, reason Reason, err error,
 		fields = append(fields, tlsFields(*state)...)
 	}
 	fields = append(fields, revocationFields(c.revocation)...)
-	a.write(fields...)
+	_ = a.write(fields...)
 }
 
 func revocationFields(r revocation.Result) []zap.Field {
@@ -182,7 +192,7 @@ func (a *auditLog) revokedDisconnect(c *clientConn, r revocation.Result) {
 		zap.String(FieldReason, string(ReasonRevoked)), zap.String(FieldDetail, r.Detail))
 	fields = append(fields, certFields(c.leaf)...)
 	fields = append(fields, revocationFields(r)...)
-	a.write(fields...)
+	_ = a.write(fields...)
 }
 
 func (a *auditLog) closed(c *clientConn, reason Reason) {
@@ -193,7 +203,7 @@ func (a *auditLog) closed(c *clientConn, reason Reason) {
 		zap.Int64(FieldDurationMS, time.Since(c.start).Milliseconds()),
 		zap.Int64(FieldBytesFromClient, c.fromClient.Load()),
 		zap.Int64(FieldBytesToClient, c.toClient.Load()))
-	a.write(fields...)
+	_ = a.write(fields...)
 }
 
 // NewLogger builds the human log: zap's console encoding on stderr.

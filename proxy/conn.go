@@ -35,6 +35,10 @@ type clientConn struct {
 	upstream net.Conn
 	chains   [][]*x509.Certificate // set once the connection is admitted
 
+	// writeTimeout bounds each write to the client: nsqd's heartbeat
+	// interval for this client, which is also nsqd's own write deadline.
+	writeTimeout time.Duration
+
 	closeOnce   sync.Once
 	closeReason Reason
 }
@@ -95,7 +99,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	s.track(c)
 	defer s.untrack(c)
 
-	if f := s.open(ctx, c); f != nil {
+	// An opening under way finishes (or times out) even when shutdown
+	// begins; the drain covers it.
+	if f := s.open(context.WithoutCancel(ctx), c); f != nil {
 		s.audit.handshakeFailed(c, f.reason, f.err, f.cert, f.state)
 		// A peer that leaves mid-opening (a port probe, a health check)
 		// is audited but is not news for the human log.
@@ -131,6 +137,7 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 	if err != nil {
 		return s.refusePlaintext(c, err)
 	}
+	c.writeTimeout = heartbeatInterval(id.HeartbeatInterval)
 	settings := s.up.settings.Load()
 	if settings == nil {
 		return s.refusePlaintext(c, &openingError{code: "E_UNAVAILABLE",
@@ -147,6 +154,13 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 	tc := tls.Server(nb, s.tlsConfig)
 	c.setTLS(tc)
 	if err := tc.HandshakeContext(ctx); err != nil {
+		var notTLS tls.RecordHeaderError
+		if errors.As(err, &notTLS) && notTLS.Conn != nil {
+			// Plaintext where the ClientHello was due: say so in plaintext.
+			_ = writeFrame(notTLS.Conn, frameTypeError, []byte("E_BAD_PROTOCOL expected a TLS "+
+				"handshake after the IDENTIFY answer; "+tlsRequiredHint))
+			lingerClose(notTLS.Conn)
+		}
 		f := handshakeFailure(err)
 		if c.checked != nil && len(c.checked.PeerCertificates) > 0 {
 			// Our own checks refused it: the chain verified, so say whose.
@@ -161,14 +175,18 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 		f.cert, f.state = c.leaf, &state
 		return f
 	}
-	if err := writeFrame(tc, frameTypeResponse, []byte("OK")); err != nil {
-		return &openingFailure{reason: ReasonClientClosed, err: err, cert: c.leaf, state: &state}
+	// No audit line, no admission: the trail is what this proxy is for.
+	if err := s.audit.handshakeOK(c, state); err != nil {
+		_ = writeFrame(tc, frameTypeError,
+			[]byte("E_UNAVAILABLE nsqtls-proxy cannot write its audit log; retry later"))
+		return &openingFailure{reason: ReasonAuditFailed, err: err, cert: c.leaf, state: &state}
 	}
-	_ = c.raw.SetDeadline(time.Time{})
 	c.mu.Lock()
 	c.chains = state.VerifiedChains
 	c.mu.Unlock()
-	s.audit.handshakeOK(c, state)
+	_ = c.raw.SetDeadline(time.Time{})
+	// A failed write shows up at once in the relay, which then closes.
+	_ = writeFrame(tc, frameTypeResponse, []byte("OK"))
 	return nil
 }
 
@@ -192,6 +210,19 @@ func (s *Server) connTLSConfig(c *clientConn) *tls.Config {
 		return nil
 	}
 	return cfg
+}
+
+// heartbeatInterval is the interval nsqd v1.3.0 uses for a client that
+// asked for ms in IDENTIFY: -1 disables heartbeats, 0 means nsqd's
+// default of half its 60s --client-timeout.
+func heartbeatInterval(ms int) time.Duration {
+	switch {
+	case ms < 0:
+		return 0
+	case ms == 0:
+		return 30 * time.Second
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 func handshakeFailure(err error) *openingFailure {
@@ -273,6 +304,6 @@ func (s *Server) relay(c *clientConn) {
 		defer close(done)
 		c.close(pumpToUpstream(c.upstream, c.tls, nb, &c.fromClient))
 	}()
-	c.close(pumpToClient(c.tls, c.upstream, &c.toClient))
+	c.close(pumpToClient(c.tls, c.upstream, &c.toClient, c.writeTimeout))
 	<-done
 }

@@ -142,6 +142,11 @@ func (e *env) auditEvents() []map[string]any {
 // waitAudit waits for an audit event with all the given field values.
 func (e *env) waitAudit(want map[string]any) map[string]any {
 	e.t.Helper()
+	return e.waitAuditWithin(5*time.Second, want)
+}
+
+func (e *env) waitAuditWithin(d time.Duration, want map[string]any) map[string]any {
+	e.t.Helper()
 	var found map[string]any
 	require.Eventually(e.t, func() bool {
 		for _, ev := range e.auditEvents() {
@@ -151,7 +156,7 @@ func (e *env) waitAudit(want map[string]any) map[string]any {
 			}
 		}
 		return false
-	}, 5*time.Second, 20*time.Millisecond, "no audit event like %v in:\n%s", want, e.auditText())
+	}, d, 20*time.Millisecond, "no audit event like %v in:\n%s", want, e.auditText())
 	return found
 }
 

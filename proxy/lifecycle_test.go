@@ -1,6 +1,8 @@
 package proxy_test
 
 import (
+	"crypto/tls"
+	"net"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -81,4 +83,44 @@ func TestUnixSocketUpstreamAndRestart(t *testing.T) {
 		return strings.Contains(restarted.Log(), "settings-probe")
 	}, 10*time.Second, 20*time.Millisecond)
 	moveMessages(t, e, "after_restart", 1000, snappy, consumerUses(t, "snappy", false))
+}
+
+// TestSlowReaderDropped: a client that stops reading while nsqd sends is
+// dropped once a write to it has waited a heartbeat interval, as nsqd
+// would drop it, instead of pinning the connection forever.
+func TestSlowReaderDropped(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	producer, err := nsq.NewProducer(e.addr, nsqConfig(e.client("filler")))
+	require.NoError(t, err)
+	defer producer.Stop()
+	body := make([]byte, 10<<10)
+	batch := make([][]byte, 100)
+	for i := range batch {
+		batch[i] = body
+	}
+	for i := 0; i < 20; i++ {
+		require.NoError(t, producer.MultiPublish("big", batch))
+	}
+
+	conn, err := net.Dial("tcp", e.addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write(rawIdentify([]byte(
+		`{"feature_negotiation":true,"tls_v1":true,"heartbeat_interval":1000}`)))
+	require.NoError(t, err)
+	frameType, _ := readTestFrame(t, conn)
+	require.Equal(t, int32(0), frameType)
+	cfg := e.client("stalled")
+	cfg.ServerName = "127.0.0.1"
+	tc := tls.Client(conn, cfg)
+	require.NoError(t, tc.Handshake())
+	_, data := readTestFrame(t, tc)
+	require.Equal(t, "OK", string(data))
+	_, err = tc.Write([]byte("SUB big ch\nRDY 2500\n"))
+	require.NoError(t, err)
+
+	// Read nothing from now on.
+	ev := e.waitAuditWithin(10*time.Second,
+		map[string]any{"event": "close", "client_cn": "stalled"})
+	assert.Contains(t, []any{"client_error", "upstream_closed"}, ev["reason"])
 }

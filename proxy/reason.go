@@ -34,6 +34,7 @@ const (
 	ReasonUpstreamMismatch    Reason = "upstream_mismatch"
 	ReasonRevoked             Reason = "revoked"
 	ReasonRevocationUnknown   Reason = "revocation_unknown"
+	ReasonAuditFailed         Reason = "audit_failed"
 )
 
 // Reasons for the end of an established connection. ReasonClientClosed and

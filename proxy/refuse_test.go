@@ -51,6 +51,9 @@ func TestRefusedClients(t *testing.T) {
 		{"serverAuth only", issue(e.ca, testpki.LeafOptions{CommonName: "server-ish",
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}),
 			"bad_key_usage", []string{"bad certificate", "unsupported certificate"}, "server-ish"},
+		{"no EKU at all", issue(e.ca, testpki.LeafOptions{CommonName: "no-eku",
+			ExtKeyUsage: []x509.ExtKeyUsage{}}),
+			"bad_key_usage", []string{"bad certificate"}, "no-eku"},
 		{"plaintext IDENTIFY", nil, "plaintext_rejected",
 			[]string{"E_IDENTIFY_FAILED IDENTIFY without TLS refused"}, ""},
 	}
@@ -144,6 +147,9 @@ func TestPlaintextAfterIdentify(t *testing.T) {
 
 	_, err = conn.Write([]byte("PUB sneaky\n\x00\x00\x00\x05hello"))
 	require.NoError(t, err)
+	frameType, data = readTestFrame(t, conn)
+	assert.Equal(t, int32(1), frameType)
+	assert.Contains(t, string(data), "E_BAD_PROTOCOL expected a TLS handshake")
 	_, err = io.ReadAll(conn)
 	assert.NoError(t, err, "the proxy closes the connection")
 	e.waitAudit(map[string]any{"event": "handshake", "outcome": "failed",
@@ -224,4 +230,17 @@ func TestOpeningTimeout(t *testing.T) {
 				"reason": "timeout", "remote_addr": conn.LocalAddr().String()})
 		})
 	}
+}
+
+// TestAuditFailureRefuses: a client whose audit line cannot be written is
+// not admitted.
+func TestAuditFailureRefuses(t *testing.T) {
+	e := newEnv(t, envConfig{opts: func(o *proxy.Options) { o.AuditLog = "/dev/full" }})
+	producer, err := nsq.NewProducer(e.addr, nsqConfig(e.client("unaudited")))
+	require.NoError(t, err)
+	producer.SetLoggerLevel(nsq.LogLevelError)
+	err = producer.Publish("unaudited", []byte("must not arrive"))
+	producer.Stop()
+	require.Error(t, err)
+	assert.Empty(t, e.nsqdClients(), "nsqd /stats lists a client")
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // relayBufSize is one TLS record's worth of plaintext: each read from nsqd
@@ -111,11 +112,18 @@ func drainTLS(up net.Conn, tc *tls.Conn, buf []byte, count *atomic.Int64) (Reaso
 	}
 }
 
-// pumpToClient copies nsqd's bytes to the client through tc.
-func pumpToClient(tc *tls.Conn, up net.Conn, count *atomic.Int64) Reason {
+// pumpToClient copies nsqd's bytes to the client through tc. A write that
+// the client does not take within writeTimeout (if positive) ends the
+// connection, as nsqd itself drops a client that stops reading.
+func pumpToClient(tc *tls.Conn, up net.Conn, count *atomic.Int64,
+	writeTimeout time.Duration) Reason {
+	w := io.Writer(tc)
+	if writeTimeout > 0 {
+		w = deadlineWriter{tc, writeTimeout}
+	}
 	raw := newRawReader(up)
 	if raw == nil {
-		return copyHoldingBuffer(tc, up, count, ReasonUpstreamClosed, ReasonUpstreamError,
+		return copyHoldingBuffer(w, up, count, ReasonUpstreamClosed, ReasonUpstreamError,
 			ReasonClientError)
 	}
 	for {
@@ -126,13 +134,26 @@ func pumpToClient(tc *tls.Conn, up net.Conn, count *atomic.Int64) Reason {
 			}
 			return ReasonUpstreamError
 		}
-		_, werr := tc.Write((*buf)[:n])
+		_, werr := w.Write((*buf)[:n])
 		putBuf(buf)
 		if werr != nil {
 			return ReasonClientError
 		}
 		count.Add(int64(n))
 	}
+}
+
+// deadlineWriter gives each write its own deadline.
+type deadlineWriter struct {
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	if err := w.conn.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+		return 0, err
+	}
+	return w.conn.Write(p)
 }
 
 // copyHoldingBuffer is the portable relay: a pooled buffer held for the

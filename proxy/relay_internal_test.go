@@ -66,7 +66,7 @@ func newRelayPairWith(t testing.TB, pooled bool) *relayPair {
 			close(up)
 		}()
 		if pooled {
-			pumpToClient(srv, proxyUp, &to)
+			pumpToClient(srv, proxyUp, &to, time.Minute)
 		} else {
 			_, _ = io.Copy(srv, proxyUp)
 		}

@@ -55,7 +55,7 @@ func New(opts *Options, log *zap.Logger) (*Server, error) {
 	if s.revocation, err = s.newRevocation(); err != nil {
 		return nil, err
 	}
-	if s.audit, err = openAuditLog(opts.AuditLog); err != nil {
+	if s.audit, err = openAuditLog(opts.AuditLog, log); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -88,6 +88,12 @@ func verifyConnection(state tls.ConnectionState, clock func() time.Time) error {
 		return &reasonError{reason: ReasonNoClientCert,
 			err: errors.New("proxy: no verified client certificate")}
 	}
+	if leaf := state.PeerCertificates[0]; !hasClientAuth(leaf) {
+		// crypto/x509 lets a certificate without any EKU extension serve
+		// every purpose; a client certificate here must say clientAuth.
+		return &reasonError{reason: ReasonBadKeyUsage, err: fmt.Errorf(
+			"proxy: certificate %q lacks the clientAuth extended key usage", leaf.Subject)}
+	}
 	now := time.Now()
 	if clock != nil {
 		now = clock()
@@ -103,6 +109,15 @@ func verifyConnection(state tls.ConnectionState, clock func() time.Time) error {
 		}
 	}
 	return nil
+}
+
+func hasClientAuth(cert *x509.Certificate) bool {
+	for _, u := range cert.ExtKeyUsage {
+		if u == x509.ExtKeyUsageClientAuth || u == x509.ExtKeyUsageAny {
+			return true
+		}
+	}
+	return false
 }
 
 // chainsExpiry is when the first certificate of every verified chain has

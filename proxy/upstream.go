@@ -115,6 +115,7 @@ func (u *upstream) learn(ctx context.Context) (*upstreamSettings, net.Conn, erro
 	if err != nil {
 		return nil, nil, err
 	}
+	awaitUpgradeOK(deflateConn, deflateAnswer)
 	deflateConn.Close()
 
 	watch, snappyAnswer, err := u.probe(ctx, "snappy")
@@ -163,6 +164,18 @@ func (u *upstream) logProbeFailure(err error, failures int) {
 	default:
 		u.log.Debug("nsqd still not answering", fields...)
 	}
+}
+
+// awaitUpgradeOK reads the compressed OK nsqd sends after agreeing to
+// compress, so that closing the probe does not make nsqd log a broken
+// pipe.
+func awaitUpgradeOK(conn net.Conn, answer []byte) {
+	var r featureResponse
+	if json.Unmarshal(answer, &r) != nil || !r.Deflate && !r.Snappy {
+		return
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = conn.Read(make([]byte, 64))
 }
 
 // waitForChange blocks until the watched connection ends, a relearn is
