@@ -52,6 +52,15 @@ func run(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Info("SIGHUP: reloading revocation sources")
+			srv.Reload()
+		}
+	}()
 	if err := srv.Run(ctx); err != nil {
 		log.Error("stopped", zap.Error(err))
 		return 1
