@@ -3,8 +3,10 @@ package proxy_test
 import (
 	"crypto/tls"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -160,4 +162,164 @@ func syncMapLen(m *sync.Map) int {
 	n := 0
 	m.Range(func(any, any) bool { n++; return true })
 	return n
+}
+
+// recordingCache is a client session cache that counts the sessions it
+// hands out, to show that a client really tried to resume.
+type recordingCache struct {
+	tls.ClientSessionCache
+	offered atomic.Int64
+}
+
+func (c *recordingCache) Get(key string) (*tls.ClientSessionState, bool) {
+	s, ok := c.ClientSessionCache.Get(key)
+	if ok {
+		c.offered.Add(1)
+	}
+	return s, ok
+}
+
+// TestCRLRefusesResumption: a client connects, is revoked, and comes back
+// with its session ticket; the resumed handshake is refused.
+func TestCRLRefusesResumption(t *testing.T) {
+	for _, v := range []struct {
+		name string
+		max  uint16
+	}{{"TLS 1.2", tls.VersionTLS12}, {"TLS 1.3", tls.VersionTLS13}} {
+		t.Run(v.name, func(t *testing.T) {
+			ce := newCRLEnv(t, time.Hour, nil)
+			ce.env = ce.sub(t)
+			leaf, canary := ce.leaf("returning"), ce.leaf("canary")
+			cache := &recordingCache{ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+			cfg := clientTLS(ce.ca, leaf)
+			cfg.MaxVersion, cfg.ClientSessionCache = v.max, cache
+
+			require.NoError(t, ce.publish(cfg))
+			ce.waitAudit(map[string]any{"event": "close", "client_cn": "returning"})
+
+			require.NoError(t, ce.ossl.Revoke(leaf, "superseded"))
+			require.NoError(t, ce.ossl.Revoke(canary, "superseded"))
+			ce.publishCRL(time.Hour)
+			// A full handshake of the canary shows the new CRL is in force.
+			require.Eventually(t, func() bool {
+				return ce.publish(clientTLS(ce.ca, canary)) != nil
+			}, 5*time.Second, 50*time.Millisecond)
+
+			offered := cache.offered.Load()
+			require.Error(t, ce.publish(cfg))
+			assert.Greater(t, cache.offered.Load(), offered, "the client did not offer its session")
+			ev := ce.waitAudit(map[string]any{"event": "handshake", "outcome": "failed",
+				"reason": "revoked", "client_cn": "returning"})
+			assert.Equal(t, true, ev["resumed"], "the refused handshake was a resumption")
+			assert.Equal(t, "superseded", ev["revocation_reason"])
+		})
+	}
+}
+
+// TestCRLStale: a CRL past its nextUpdate refuses its issuer's clients,
+// unless a grace period covers it.
+func TestCRLStale(t *testing.T) {
+	t.Run("refused", func(t *testing.T) {
+		ce := newCRLEnv(t, time.Second, nil)
+		ce.env = ce.sub(t)
+		time.Sleep(1500 * time.Millisecond)
+		require.Error(t, ce.publish(clientTLS(ce.ca, ce.leaf("innocent"))))
+		ev := ce.waitAudit(map[string]any{"event": "handshake", "outcome": "failed",
+			"reason": "revocation_unknown", "client_cn": "innocent"})
+		assert.Contains(t, ev["detail"], "stale")
+	})
+	t.Run("grace", func(t *testing.T) {
+		ce := newCRLEnv(t, time.Second, func(o *proxy.Options) { o.CRLStaleGrace = time.Hour })
+		ce.env = ce.sub(t)
+		time.Sleep(1500 * time.Millisecond)
+		require.NoError(t, ce.publish(clientTLS(ce.ca, ce.leaf("innocent"))))
+	})
+}
+
+// TestCRLBadReloadKeepsLastGood: a truncated CRL and one signed by the
+// wrong key are refused on reload; the last good CRL stays in force.
+func TestCRLBadReloadKeepsLastGood(t *testing.T) {
+	ce := newCRLEnv(t, time.Hour, nil)
+	bad, good := ce.leaf("bad"), ce.leaf("good")
+	require.NoError(t, ce.ossl.Revoke(bad, "keyCompromise"))
+	ce.publishCRL(time.Hour)
+	require.Eventually(t, func() bool { return ce.publish(clientTLS(ce.ca, bad)) != nil },
+		5*time.Second, 50*time.Millisecond)
+
+	impostor, err := testpki.NewCA("test root") // same name, other key
+	require.NoError(t, err)
+	fake, err := impostor.OpenSSL(filepath.Join(ce.dir, "impostor"))
+	require.NoError(t, err)
+	goodCRL, err := os.ReadFile(ce.crlPath)
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name  string
+		write func(path string)
+	}{
+		{"truncated", func(path string) {
+			require.NoError(t, os.WriteFile(path, goodCRL[:len(goodCRL)/2], 0o644))
+		}},
+		{"wrong signer", func(path string) { require.NoError(t, fake.GenCRL(path, time.Hour)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := strings.Count(ce.auditText(), `"client_cn":"bad"`)
+			tc.write(ce.crlPath)
+			time.Sleep(1500 * time.Millisecond) // past a poll
+			assert.Error(t, ce.publish(clientTLS(ce.ca, bad)), "the revoked client got in")
+			assert.NoError(t, ce.publish(clientTLS(ce.ca, good)))
+			assert.Greater(t, strings.Count(ce.auditText(), `"client_cn":"bad"`), before)
+		})
+	}
+}
+
+// TestSameSerialTwoCAs: two CAs issued the same serial; revoking it on
+// one CA's CRL refuses only that CA's certificate.
+func TestSameSerialTwoCAs(t *testing.T) {
+	second, err := testpki.NewCA("second root")
+	require.NoError(t, err)
+	ce := &crlEnv{}
+	ce.env = newEnv(t, envConfig{setup: func(e *env, o *proxy.Options) {
+		var err error
+		ce.ossl, err = e.ca.OpenSSL(filepath.Join(e.dir, "openssl-ca"))
+		require.NoError(t, err)
+		ce.crlPath = filepath.Join(e.dir, "ca.crl")
+		require.NoError(t, ce.ossl.GenCRL(ce.crlPath, time.Hour))
+		o.CRLFiles = append(o.CRLFiles, ce.crlPath)
+		bundle := append(e.ca.CertPEM(), second.CertPEM()...)
+		require.NoError(t, os.WriteFile(o.TLSRootCAFile, bundle, 0o644))
+	}})
+	serial := big.NewInt(0x5eed)
+	first, err := ce.ca.Issue(testpki.LeafOptions{CommonName: "first", Serial: serial})
+	require.NoError(t, err)
+	twin, err := second.Issue(testpki.LeafOptions{CommonName: "twin", Serial: serial})
+	require.NoError(t, err)
+
+	require.NoError(t, ce.ossl.Revoke(first, "keyCompromise"))
+	ce.publishCRL(time.Hour)
+	require.Eventually(t, func() bool { return ce.publish(clientTLS(ce.ca, first)) != nil },
+		5*time.Second, 50*time.Millisecond)
+	assert.NoError(t, ce.publish(clientTLS(ce.ca, twin)), "the other CA's serial is not revoked")
+}
+
+// TestCertificateExpiresWhileConnected: a connection is closed when its
+// certificate expires, and the client cannot resume its session after.
+func TestCertificateExpiresWhileConnected(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	leaf, err := e.ca.Issue(testpki.LeafOptions{CommonName: "short-lived",
+		NotAfter: time.Now().Add(2 * time.Second)})
+	require.NoError(t, err)
+	cfg := clientTLS(e.ca, leaf)
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	startConsumer(t, e, cfg, func(*nsq.Message) bool { return true }, nil)
+	ev := e.waitAuditWithin(10*time.Second,
+		map[string]any{"event": "close", "client_cn": "short-lived"})
+	assert.Equal(t, "expired", ev["reason"])
+
+	producer, err := nsq.NewProducer(e.addr, nsqConfig(cfg))
+	require.NoError(t, err)
+	producer.SetLoggerLevel(nsq.LogLevelError)
+	defer producer.Stop()
+	require.Error(t, producer.Publish("live", []byte("x")))
+	e.waitAudit(map[string]any{"event": "handshake", "outcome": "failed", "reason": "expired",
+		"client_cn": "short-lived"})
 }
