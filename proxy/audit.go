@@ -40,6 +40,8 @@ const (
 	FieldBytesToClient     = "bytes_to_client"
 	FieldRevocationReason  = "revocation_reason"
 	FieldRevokedAt         = "revoked_at"
+	FieldRevocationSoft    = "revocation_soft_fail"
+	FieldRevocationDetail  = "revocation_detail"
 )
 
 // Audit events and outcomes.
@@ -160,6 +162,7 @@ func (a *auditLog) handshakeOK(c *clientConn, state tls.ConnectionState) error {
 	fields = append(fields, certFields(c.leaf)...)
 	fields = append(fields, tlsFields(state)...)
 	fields = append(fields, zap.String(FieldUpstreamLocalAddr, c.upstream.LocalAddr().String()))
+	fields = append(fields, revocationFields(c.revocation)...)
 	return a.write(fields...)
 }
 
@@ -179,6 +182,10 @@ func (a *auditLog) handshakeFailed(c *clientConn, reason Reason, err error,
 }
 
 func revocationFields(r revocation.Result) []zap.Field {
+	if r.SoftFailed {
+		return []zap.Field{zap.Bool(FieldRevocationSoft, true),
+			zap.String(FieldRevocationDetail, r.Detail)}
+	}
 	if r.Status != revocation.Revoked {
 		return nil
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/nsqtls/nsqtls-proxy/revocation"
 )
 
 // Options holds every setting of the proxy. Flag names follow nsqd's where
@@ -37,6 +38,10 @@ type Options struct {
 
 	CRLFiles      stringList
 	CRLStaleGrace time.Duration
+
+	OCSP             string
+	OCSPResponderURL string
+	OCSPTimeout      time.Duration
 }
 
 // NewOptions returns the defaults.
@@ -50,6 +55,8 @@ func NewOptions() *Options {
 		UpstreamDialTimeout:  5 * time.Second,
 		DrainTimeout:         10 * time.Second,
 		LogLevel:             "info",
+		OCSP:                 "soft-fail",
+		OCSPTimeout:          2 * time.Second,
 	}
 }
 
@@ -93,6 +100,14 @@ func (o *Options) FlagSet(name string) *flag.FlagSet {
 	fs.DurationVar(&o.CRLStaleGrace, "crl-stale-grace", o.CRLStaleGrace,
 		"how long past its nextUpdate a CRL is still used; after that its issuer's "+
 			"certificates are refused")
+	fs.StringVar(&o.OCSP, "ocsp", o.OCSP,
+		"OCSP checks of client certificates that name a responder (or with "+
+			"--ocsp-responder-url): off, soft-fail (no answer lets the client in, logged) "+
+			"or hard-fail (no answer refuses)")
+	fs.StringVar(&o.OCSPResponderURL, "ocsp-responder-url", o.OCSPResponderURL,
+		"OCSP responder to ask instead of the one each certificate names")
+	fs.DurationVar(&o.OCSPTimeout, "ocsp-timeout", o.OCSPTimeout,
+		"how long an OCSP lookup may take")
 	return fs
 }
 
@@ -223,6 +238,12 @@ func (o *Options) Validate() error {
 	}
 	if o.TLSHandshakeTimeout <= 0 || o.UpstreamDialTimeout <= 0 || o.DrainTimeout < 0 ||
 		o.CRLStaleGrace < 0 {
+		return errors.New("options: timeouts must be positive")
+	}
+	if _, err := revocation.ParseOCSPMode(o.OCSP); err != nil {
+		return fmt.Errorf("options: --ocsp: %w", err)
+	}
+	if o.OCSPTimeout <= 0 {
 		return errors.New("options: timeouts must be positive")
 	}
 	if _, err := parseLogLevel(o.LogLevel); err != nil {

@@ -41,6 +41,8 @@ func TestOptionsDefaults(t *testing.T) {
 		UpstreamDialTimeout:  5 * time.Second,
 		DrainTimeout:         10 * time.Second,
 		LogLevel:             "info",
+		OCSP:                 "soft-fail",
+		OCSPTimeout:          2 * time.Second,
 	}, o)
 
 	// The help text shows the same defaults.
@@ -52,6 +54,7 @@ func TestOptionsDefaults(t *testing.T) {
 		"tls-session-resumption": "true", "tls-handshake-timeout": "10s",
 		"upstream-dial-timeout": "5s", "drain-timeout": "10s", "audit-log": "",
 		"log-level": "info", "crl-file": "", "crl-stale-grace": "0s",
+		"ocsp": "soft-fail", "ocsp-responder-url": "", "ocsp-timeout": "2s",
 	} {
 		f := fs.Lookup(name)
 		if assert.NotNil(t, f, name) {
@@ -61,7 +64,7 @@ func TestOptionsDefaults(t *testing.T) {
 	}
 	n := 0
 	fs.VisitAll(func(*flag.Flag) { n++ })
-	assert.Equal(t, 17, n, "a new flag needs a default test")
+	assert.Equal(t, 20, n, "a new flag needs a default test")
 }
 
 func TestOptionsFlags(t *testing.T) {
@@ -70,7 +73,9 @@ func TestOptionsFlags(t *testing.T) {
 		"--tls-min-version=tls1.3", "--tls-client-auth-policy=require-verify",
 		"--tls-session-resumption=false", "--tls-handshake-timeout=3s",
 		"--upstream-dial-timeout=250ms", "--drain-timeout=0", "--audit-log=-",
-		"-log-level", "debug")
+		"-log-level", "debug", "--crl-file=a.crl", "--crl-file", "b.crl",
+		"--crl-stale-grace=1h", "--ocsp=hard-fail", "--ocsp-responder-url=http://127.0.0.1:8888",
+		"--ocsp-timeout=1s")
 	require.NoError(t, err)
 	assert.Equal(t, &Options{
 		TCPAddress:           "127.0.0.1:4151",
@@ -87,6 +92,11 @@ func TestOptionsFlags(t *testing.T) {
 		DrainTimeout:         0,
 		AuditLog:             "-",
 		LogLevel:             "debug",
+		CRLFiles:             stringList{"a.crl", "b.crl"},
+		CRLStaleGrace:        time.Hour,
+		OCSP:                 "hard-fail",
+		OCSPResponderURL:     "http://127.0.0.1:8888",
+		OCSPTimeout:          time.Second,
 	}, o)
 }
 
@@ -127,6 +137,8 @@ upstream_dial_timeout = "1s"
 drain_timeout = "30s"
 audit-log = "/var/log/nsqtls/audit.log"
 log_level = "warn"
+crl_file = ["/etc/nsqtls/root.crl", "/etc/nsqtls/intermediate.crl"]
+ocsp = "off"
 `
 
 func TestOptionsConfigFile(t *testing.T) {
@@ -145,6 +157,9 @@ func TestOptionsConfigFile(t *testing.T) {
 		DrainTimeout:         30 * time.Second,
 		AuditLog:             "/var/log/nsqtls/audit.log",
 		LogLevel:             "warn",
+		CRLFiles:             stringList{"/etc/nsqtls/root.crl", "/etc/nsqtls/intermediate.crl"},
+		OCSP:                 "off",
+		OCSPTimeout:          2 * time.Second,
 	}
 
 	t.Run("file sets values", func(t *testing.T) {

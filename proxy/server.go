@@ -62,7 +62,11 @@ func New(opts *Options, log *zap.Logger) (*Server, error) {
 }
 
 func (s *Server) newRevocation() (*revocation.Checker, error) {
-	if len(s.opts.CRLFiles) == 0 {
+	mode, err := revocation.ParseOCSPMode(s.opts.OCSP)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.opts.CRLFiles) == 0 && mode == revocation.OCSPOff {
 		return nil, nil
 	}
 	_, issuers, err := loadCABundle(s.opts.TLSRootCAFile)
@@ -70,11 +74,14 @@ func (s *Server) newRevocation() (*revocation.Checker, error) {
 		return nil, err
 	}
 	return revocation.New(revocation.Config{
-		CRLFiles:   s.opts.CRLFiles,
-		StaleGrace: s.opts.CRLStaleGrace,
-		Issuers:    issuers,
-		OnChange:   s.requestRecheck,
-		Log:        s.log,
+		CRLFiles:         s.opts.CRLFiles,
+		StaleGrace:       s.opts.CRLStaleGrace,
+		Issuers:          issuers,
+		OCSP:             mode,
+		OCSPResponderURL: s.opts.OCSPResponderURL,
+		OCSPTimeout:      s.opts.OCSPTimeout,
+		OnChange:         s.requestRecheck,
+		Log:              s.log,
 	})
 }
 
@@ -276,7 +283,8 @@ func (s *Server) checkRevocation(chains [][]*x509.Certificate) revocation.Result
 		return revocation.Result{}
 	}
 	for _, chain := range chains {
-		if r := s.revocation.Check(chain); r.Status != revocation.Good {
+		if r := s.revocation.Check(context.Background(), chain); r.Status != revocation.Good ||
+			r.SoftFailed {
 			return r
 		}
 	}

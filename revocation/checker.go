@@ -35,6 +35,9 @@ type Result struct {
 	Cert   *x509.Certificate // the revoked or undecided certificate
 	Entry  Entry             // for Revoked
 	Detail string
+	// SoftFailed: an OCSP lookup got no answer and soft-fail let the
+	// chain pass as Good; Detail says why.
+	SoftFailed bool
 }
 
 // Config configures a Checker.
@@ -47,8 +50,18 @@ type Config struct {
 	Issuers []*x509.Certificate
 	// PollInterval is how often CRL files are checked for changes.
 	PollInterval time.Duration
-	// OnChange is called after the revocation state changed, e.g. a CRL
-	// was reloaded, so that open connections can be checked again.
+	// OCSP, OCSPResponderURL (which overrides the certificates' own
+	// responder) and OCSPTimeout configure OCSP lookups of client
+	// certificates.
+	OCSP             OCSPMode
+	OCSPResponderURL string
+	OCSPTimeout      time.Duration
+	// RecheckInterval is how often, with OCSP on, OnChange is called so
+	// that open connections are checked again as cached answers expire.
+	RecheckInterval time.Duration
+	// OnChange is called after the revocation state may have changed,
+	// e.g. a CRL was reloaded, so that open connections can be checked
+	// again.
 	OnChange func()
 	Log      *zap.Logger
 	Clock    func() time.Time
@@ -59,6 +72,7 @@ type Checker struct {
 	cfg      Config
 	index    atomic.Pointer[crlIndex]
 	failures atomic.Int64
+	ocsp     *ocspClient // nil when OCSP is off
 
 	mu    sync.Mutex // serializes reloads
 	files []*crlFile
@@ -95,7 +109,16 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.OCSPTimeout <= 0 {
+		cfg.OCSPTimeout = 2 * time.Second
+	}
+	if cfg.RecheckInterval <= 0 {
+		cfg.RecheckInterval = 10 * time.Second
+	}
 	c := &Checker{cfg: cfg}
+	if cfg.OCSP != OCSPOff {
+		c.ocsp = newOCSPClient(cfg.OCSPResponderURL, cfg.OCSPTimeout, cfg.Clock)
+	}
 	for _, path := range cfg.CRLFiles {
 		f := &crlFile{path: path}
 		if err := c.load(f); err != nil {
@@ -108,7 +131,7 @@ func New(cfg Config) (*Checker, error) {
 }
 
 // Enabled tells whether any revocation source is configured.
-func (c *Checker) Enabled() bool { return len(c.files) > 0 }
+func (c *Checker) Enabled() bool { return len(c.files) > 0 || c.ocsp != nil }
 
 // ReloadFailures counts CRL reloads that failed and left the last good
 // CRL in force.
@@ -190,24 +213,40 @@ func (c *Checker) Reload(force bool) bool {
 	return changed
 }
 
-// Run polls the CRL files until ctx ends.
+// Run polls the CRL files, and with OCSP on asks for open connections to
+// be checked again now and then, until ctx ends.
 func (c *Checker) Run(ctx context.Context) {
-	t := time.NewTicker(c.cfg.PollInterval)
-	defer t.Stop()
+	poll := time.NewTicker(c.cfg.PollInterval)
+	defer poll.Stop()
+	var recheck <-chan time.Time
+	if c.ocsp != nil && c.cfg.OnChange != nil {
+		t := time.NewTicker(c.cfg.RecheckInterval)
+		defer t.Stop()
+		recheck = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-poll.C:
 			c.Reload(false)
+		case <-recheck:
+			c.cfg.OnChange()
 		}
 	}
 }
 
 // Check decides the revocation status of a verified chain, leaf first and
 // root last: each certificate but the root is looked up in its issuer's
-// CRL, if there is one.
-func (c *Checker) Check(chain []*x509.Certificate) Result {
+// CRL, if there is one; then, with OCSP on, the leaf is asked about.
+func (c *Checker) Check(ctx context.Context, chain []*x509.Certificate) Result {
+	if r := c.checkCRLs(chain); r.Status != Good {
+		return r
+	}
+	return c.checkOCSP(ctx, chain)
+}
+
+func (c *Checker) checkCRLs(chain []*x509.Certificate) Result {
 	idx := c.index.Load()
 	if idx == nil || len(idx.byKey) == 0 {
 		return Result{Status: Good}
@@ -230,6 +269,33 @@ func (c *Checker) Check(chain []*x509.Certificate) Result {
 		}
 	}
 	return Result{Status: Good}
+}
+
+// checkOCSP asks about the leaf, if OCSP is on and a responder is known.
+func (c *Checker) checkOCSP(ctx context.Context, chain []*x509.Certificate) Result {
+	if c.ocsp == nil || len(chain) < 2 || c.ocsp.url(chain[0]) == "" {
+		return Result{Status: Good}
+	}
+	leaf := chain[0]
+	answer, changed, err := c.ocsp.lookup(ctx, leaf, chain[1])
+	if err != nil {
+		detail := fmt.Sprintf("no OCSP answer for %q: %v", leaf.Subject.CommonName, err)
+		if c.cfg.OCSP == OCSPSoftFail {
+			c.cfg.Log.Warn("OCSP soft-fail: letting the client in", zap.String("detail", detail))
+			return Result{Status: Good, SoftFailed: true, Detail: detail}
+		}
+		return Result{Status: Unknown, Cert: leaf, Detail: detail}
+	}
+	if changed && c.cfg.OnChange != nil {
+		c.cfg.OnChange()
+	}
+	if answer.status != Revoked {
+		return Result{Status: Good}
+	}
+	return Result{Status: Revoked, Cert: leaf, Entry: answer.entry,
+		Detail: fmt.Sprintf("OCSP: certificate %q (serial %s) revoked at %s, reason %s",
+			leaf.Subject.CommonName, leaf.SerialNumber.Text(16),
+			answer.entry.RevokedAt.Format(time.RFC3339), orUnspecified(answer.entry.Reason))}
 }
 
 func (c *Checker) stale(crl *CRL, cert *x509.Certificate, now time.Time) (Result, bool) {
