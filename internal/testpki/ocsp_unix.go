@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strings"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
