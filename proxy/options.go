@@ -36,8 +36,10 @@ type Options struct {
 	AuditLog             string
 	LogLevel             string
 
-	CRLFiles      stringList
-	CRLStaleGrace time.Duration
+	CRLFiles                   stringList
+	CRLURLs                    stringList
+	CRLFetchDistributionPoints bool
+	CRLStaleGrace              time.Duration
 
 	OCSP             string
 	OCSPResponderURL string
@@ -97,6 +99,13 @@ func (o *Options) FlagSet(name string) *flag.FlagSet {
 	fs.Var(&o.CRLFiles, "crl-file",
 		"CRL file (PEM or DER) issued by a CA of --tls-root-ca-file; repeatable; "+
 			"re-read when it changes and on SIGHUP")
+	fs.Var(&o.CRLURLs, "crl-url",
+		"CRL URL (http or https) issued by a CA of --tls-root-ca-file; repeatable; "+
+			"refreshed before its nextUpdate")
+	fs.BoolVar(&o.CRLFetchDistributionPoints, "crl-fetch-distribution-points",
+		o.CRLFetchDistributionPoints,
+		"fetch the CRL named by a client certificate's distribution point when its issuer "+
+			"has no CRL from --crl-file or --crl-url")
 	fs.DurationVar(&o.CRLStaleGrace, "crl-stale-grace", o.CRLStaleGrace,
 		"how long past its nextUpdate a CRL is still used; after that its issuer's "+
 			"certificates are refused")

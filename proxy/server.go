@@ -66,7 +66,8 @@ func (s *Server) newRevocation() (*revocation.Checker, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(s.opts.CRLFiles) == 0 && mode == revocation.OCSPOff {
+	if len(s.opts.CRLFiles) == 0 && len(s.opts.CRLURLs) == 0 &&
+		!s.opts.CRLFetchDistributionPoints && mode == revocation.OCSPOff {
 		return nil, nil
 	}
 	_, issuers, err := loadCABundle(s.opts.TLSRootCAFile)
@@ -74,14 +75,16 @@ func (s *Server) newRevocation() (*revocation.Checker, error) {
 		return nil, err
 	}
 	return revocation.New(revocation.Config{
-		CRLFiles:         s.opts.CRLFiles,
-		StaleGrace:       s.opts.CRLStaleGrace,
-		Issuers:          issuers,
-		OCSP:             mode,
-		OCSPResponderURL: s.opts.OCSPResponderURL,
-		OCSPTimeout:      s.opts.OCSPTimeout,
-		OnChange:         s.requestRecheck,
-		Log:              s.log,
+		CRLFiles:                s.opts.CRLFiles,
+		CRLURLs:                 s.opts.CRLURLs,
+		FetchDistributionPoints: s.opts.CRLFetchDistributionPoints,
+		StaleGrace:              s.opts.CRLStaleGrace,
+		Issuers:                 issuers,
+		OCSP:                    mode,
+		OCSPResponderURL:        s.opts.OCSPResponderURL,
+		OCSPTimeout:             s.opts.OCSPTimeout,
+		OnChange:                s.requestRecheck,
+		Log:                     s.log,
 	})
 }
 

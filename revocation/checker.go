@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +46,16 @@ type Result struct {
 type Config struct {
 	// CRLFiles are PEM or DER CRL files, re-read when they change.
 	CRLFiles []string
+	// CRLURLs are fetched over HTTP and refreshed before their nextUpdate.
+	CRLURLs []string
+	// FetchDistributionPoints follows the CRL distribution points of
+	// client certificates whose issuer has no CRL otherwise.
+	FetchDistributionPoints bool
+	// CRLFetchTimeout bounds one CRL fetch; CRLMinRefresh is the shortest
+	// wait between fetches of one URL (and the first retry after a
+	// failure).
+	CRLFetchTimeout time.Duration
+	CRLMinRefresh   time.Duration
 	// StaleGrace is how long past its nextUpdate a CRL is still used.
 	StaleGrace time.Duration
 	// Issuers are the CAs a CRL may be signed by: the client CA bundle.
@@ -74,8 +86,11 @@ type Checker struct {
 	failures atomic.Int64
 	ocsp     *ocspClient // nil when OCSP is off
 
-	mu    sync.Mutex // serializes reloads
-	files []*crlFile
+	http       *http.Client
+	mu         sync.Mutex // guards files, urls and dpInflight; serializes reloads
+	files      []*crlFile
+	urls       []*crlURL
+	dpInflight map[string]*dpCall
 }
 
 // crlFile is one CRL file and the last good CRL read from it.
@@ -115,7 +130,14 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.RecheckInterval <= 0 {
 		cfg.RecheckInterval = 10 * time.Second
 	}
-	c := &Checker{cfg: cfg}
+	if cfg.CRLFetchTimeout <= 0 {
+		cfg.CRLFetchTimeout = 15 * time.Second
+	}
+	if cfg.CRLMinRefresh <= 0 {
+		cfg.CRLMinRefresh = 30 * time.Second
+	}
+	c := &Checker{cfg: cfg, http: &http.Client{Timeout: cfg.CRLFetchTimeout},
+		dpInflight: make(map[string]*dpCall)}
 	if cfg.OCSP != OCSPOff {
 		c.ocsp = newOCSPClient(cfg.OCSPResponderURL, cfg.OCSPTimeout, cfg.Clock)
 	}
@@ -126,12 +148,21 @@ func New(cfg Config) (*Checker, error) {
 		}
 		c.files = append(c.files, f)
 	}
-	c.rebuild()
+	for _, url := range cfg.CRLURLs {
+		crl, err := c.fetchCRL(context.Background(), url)
+		if err != nil {
+			return nil, err
+		}
+		c.urls = append(c.urls, &crlURL{url: url, crl: crl, next: c.refreshAt(crl, cfg.Clock())})
+	}
+	c.rebuildLocked()
 	return c, nil
 }
 
 // Enabled tells whether any revocation source is configured.
-func (c *Checker) Enabled() bool { return len(c.files) > 0 || c.ocsp != nil }
+func (c *Checker) Enabled() bool {
+	return len(c.files) > 0 || len(c.urls) > 0 || c.cfg.FetchDistributionPoints || c.ocsp != nil
+}
 
 // ReloadFailures counts CRL reloads that failed and left the last good
 // CRL in force.
@@ -169,14 +200,21 @@ func statFile(path string) (fileStamp, error) {
 	return fileStamp{mtime: fi.ModTime(), size: fi.Size(), inode: inode(fi)}, nil
 }
 
-// rebuild publishes a new index from the files' current CRLs.
-func (c *Checker) rebuild() {
+// rebuildLocked publishes a new index from the current CRLs of every
+// source; for an issuer with several, the newest wins.
+func (c *Checker) rebuildLocked() {
 	idx := &crlIndex{byKey: make(map[string]*CRL)}
-	for _, f := range c.files {
-		key := string(f.crl.Issuer.RawSubjectPublicKeyInfo)
-		if old, ok := idx.byKey[key]; !ok || f.crl.ThisUpdate.After(old.ThisUpdate) {
-			idx.byKey[key] = f.crl
+	add := func(crl *CRL) {
+		key := string(crl.Issuer.RawSubjectPublicKeyInfo)
+		if old, ok := idx.byKey[key]; !ok || crl.ThisUpdate.After(old.ThisUpdate) {
+			idx.byKey[key] = crl
 		}
+	}
+	for _, f := range c.files {
+		add(f.crl)
+	}
+	for _, u := range c.urls {
+		add(u.crl)
 	}
 	c.index.Store(idx)
 }
@@ -184,12 +222,22 @@ func (c *Checker) rebuild() {
 // Reload re-reads every CRL file whose content may have changed, or all of
 // them when force is set (SIGHUP). It reports whether anything changed.
 func (c *Checker) Reload(force bool) bool {
+	changed := c.reloadFiles(force)
+	if changed && c.cfg.OnChange != nil {
+		c.cfg.OnChange()
+	}
+	return changed
+}
+
+func (c *Checker) reloadFiles(force bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	changed := false
 	for _, f := range c.files {
+		// A missing file has the zero stamp: it counts as one failure, not
+		// one per poll.
 		stamp, err := statFile(f.path)
-		if err == nil && stamp == f.seen && !force {
+		if stamp == f.seen && !force {
 			continue
 		}
 		if err == nil {
@@ -205,17 +253,17 @@ func (c *Checker) Reload(force bool) bool {
 		changed = true
 	}
 	if changed {
-		c.rebuild()
-		if c.cfg.OnChange != nil {
-			c.cfg.OnChange()
-		}
+		c.rebuildLocked()
 	}
 	return changed
 }
 
-// Run polls the CRL files, and with OCSP on asks for open connections to
-// be checked again now and then, until ctx ends.
+// Run polls the CRL files, refreshes the CRL URLs, and with OCSP on asks
+// for open connections to be checked again now and then, until ctx ends.
 func (c *Checker) Run(ctx context.Context) {
+	var fetches sync.WaitGroup
+	defer fetches.Wait()
+	fetches.Go(func() { c.fetchLoop(ctx) })
 	poll := time.NewTicker(c.cfg.PollInterval)
 	defer poll.Stop()
 	var recheck <-chan time.Time
@@ -236,26 +284,40 @@ func (c *Checker) Run(ctx context.Context) {
 	}
 }
 
+// fetchLoop refreshes CRL URLs as they come due, apart from the file polls
+// so that a slow server does not hold those up.
+func (c *Checker) fetchLoop(ctx context.Context) {
+	t := time.NewTicker(c.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.refreshDue(ctx)
+		}
+	}
+}
+
 // Check decides the revocation status of a verified chain, leaf first and
 // root last: each certificate but the root is looked up in its issuer's
 // CRL, if there is one; then, with OCSP on, the leaf is asked about.
 func (c *Checker) Check(ctx context.Context, chain []*x509.Certificate) Result {
-	if r := c.checkCRLs(chain); r.Status != Good {
+	if r := c.checkCRLs(ctx, chain); r.Status != Good {
 		return r
 	}
 	return c.checkOCSP(ctx, chain)
 }
 
-func (c *Checker) checkCRLs(chain []*x509.Certificate) Result {
-	idx := c.index.Load()
-	if idx == nil || len(idx.byKey) == 0 {
-		return Result{Status: Good}
-	}
+func (c *Checker) checkCRLs(ctx context.Context, chain []*x509.Certificate) Result {
 	now := c.cfg.Clock()
 	for i := 0; i+1 < len(chain); i++ {
 		cert, issuer := chain[i], chain[i+1]
-		crl, ok := idx.byKey[string(issuer.RawSubjectPublicKeyInfo)]
-		if !ok {
+		crl, r := c.crlFor(ctx, cert, issuer)
+		if r.Status != Good {
+			return r
+		}
+		if crl == nil {
 			continue
 		}
 		if r, stale := c.stale(crl, cert, now); stale {
@@ -269,6 +331,38 @@ func (c *Checker) checkCRLs(chain []*x509.Certificate) Result {
 		}
 	}
 	return Result{Status: Good}
+}
+
+// crlFor finds the CRL that applies to cert: its issuer's, from the
+// configured sources or, when allowed, from cert's distribution point. A
+// nil CRL with a Good result means none applies.
+func (c *Checker) crlFor(ctx context.Context, cert, issuer *x509.Certificate) (*CRL, Result) {
+	key := string(issuer.RawSubjectPublicKeyInfo)
+	if crl, ok := c.index.Load().byKey[key]; ok {
+		return crl, Result{Status: Good}
+	}
+	url := httpURL(cert.CRLDistributionPoints)
+	if !c.cfg.FetchDistributionPoints || url == "" {
+		return nil, Result{Status: Good}
+	}
+	if _, err := c.distributionPoint(ctx, url); err != nil {
+		return nil, Result{Status: Unknown, Cert: cert, Detail: err.Error()}
+	}
+	if crl, ok := c.index.Load().byKey[key]; ok {
+		return crl, Result{Status: Good}
+	}
+	return nil, Result{Status: Unknown, Cert: cert, Detail: fmt.Sprintf(
+		"the CRL at distribution point %s is not from the issuer %q", url,
+		issuer.Subject.CommonName)}
+}
+
+func httpURL(urls []string) string {
+	for _, u := range urls {
+		if strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://") {
+			return u
+		}
+	}
+	return ""
 }
 
 // checkOCSP asks about the leaf, if OCSP is on and a responder is known.

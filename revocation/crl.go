@@ -294,7 +294,11 @@ func fastTime(b []byte, tag casn1.Tag) (time.Time, bool) {
 		f[4] > 59 {
 		return time.Time{}, false
 	}
-	return time.Date(year, time.Month(f[0]), f[1], f[2], f[3], f[4], 0, time.UTC), true
+	t := time.Date(year, time.Month(f[0]), f[1], f[2], f[3], f[4], 0, time.UTC)
+	if t.Day() != f[1] {
+		return time.Time{}, false // February 31st and the like: let time.Parse refuse it
+	}
+	return t, true
 }
 
 // digits parses ASCII decimal digits; -1 if any is not a digit.

@@ -46,6 +46,9 @@ type LeafOptions struct {
 	NotBefore   time.Time
 	NotAfter    time.Time
 	Serial      *big.Int
+	// CRLDistributionPoints and OCSPServer are URLs for revocation checks.
+	CRLDistributionPoints []string
+	OCSPServer            []string
 }
 
 // NewCA makes a self-signed root valid from an hour ago for a day.
@@ -104,6 +107,9 @@ func (ca *CA) Issue(o LeafOptions) (*Leaf, error) {
 		ExtKeyUsage:  o.ExtKeyUsage,
 		DNSNames:     o.DNSNames,
 		IPAddresses:  o.IPs,
+
+		CRLDistributionPoints: o.CRLDistributionPoints,
+		OCSPServer:            o.OCSPServer,
 	}
 	if tmpl.SerialNumber == nil {
 		tmpl.SerialNumber = randomSerial()
