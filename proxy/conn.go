@@ -103,6 +103,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	// begins; the drain covers it.
 	if f := s.open(context.WithoutCancel(ctx), c); f != nil {
 		s.audit.handshakeFailed(c, f.reason, f.err, f.cert, f.state)
+		s.metrics.Handshakes.WithLabelValues(OutcomeFailed, string(f.reason)).Inc()
 		// A peer that leaves mid-opening (a port probe, a health check)
 		// is audited but is not news for the human log.
 		level := zap.InfoLevel
@@ -120,6 +121,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 			zap.Uint64(FieldConnID, c.id), zap.String(FieldClientCN, c.leaf.Subject.CommonName))
 		c.close(ReasonExpired)
 	})
+	s.metrics.Handshakes.WithLabelValues(OutcomeOK, "").Inc()
+	if c.revocation.SoftFailed {
+		s.metrics.OCSPSoftFails.Inc()
+	}
 	s.relay(c)
 	expiry.Stop()
 	s.audit.closed(c, c.closeReason)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nsqtls/nsqtls-proxy/internal/testpki"
 	"github.com/nsqtls/nsqtls-proxy/proxy"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -85,6 +86,7 @@ func TestOCSPAgainstOpenSSL(t *testing.T) {
 			"client_cn": "ocsp-soft"})
 		assert.Equal(t, true, ev["revocation_soft_fail"])
 		assert.Contains(t, ev["revocation_detail"], "no OCSP answer")
+		assert.Equal(t, 1.0, testutil.ToFloat64(oe.srv.Metrics().OCSPSoftFails))
 	})
 	t.Run("responder down, hard-fail", func(t *testing.T) {
 		oe := newOCSPEnv(t, "hard-fail", nil)

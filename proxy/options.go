@@ -35,6 +35,7 @@ type Options struct {
 	DrainTimeout         time.Duration
 	AuditLog             string
 	LogLevel             string
+	MetricsAddress       string
 
 	CRLFiles                   stringList
 	CRLURLs                    stringList
@@ -95,6 +96,8 @@ func (o *Options) FlagSet(name string) *flag.FlagSet {
 	fs.StringVar(&o.AuditLog, "audit-log", o.AuditLog,
 		"path of the audit log (JSON lines); empty or - for stdout")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&o.MetricsAddress, "metrics-address", o.MetricsAddress,
+		"<addr>:<port> to serve Prometheus metrics on at /metrics; empty for none")
 
 	fs.Var(&o.CRLFiles, "crl-file",
 		"CRL file (PEM or DER) issued by a CA of --tls-root-ca-file; repeatable; "+

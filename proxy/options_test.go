@@ -55,7 +55,7 @@ func TestOptionsDefaults(t *testing.T) {
 		"upstream-dial-timeout": "5s", "drain-timeout": "10s", "audit-log": "",
 		"log-level": "info", "crl-file": "", "crl-stale-grace": "0s",
 		"ocsp": "soft-fail", "ocsp-responder-url": "", "ocsp-timeout": "2s",
-		"crl-url": "", "crl-fetch-distribution-points": "false",
+		"crl-url": "", "crl-fetch-distribution-points": "false", "metrics-address": "",
 	} {
 		f := fs.Lookup(name)
 		if assert.NotNil(t, f, name) {
@@ -65,7 +65,7 @@ func TestOptionsDefaults(t *testing.T) {
 	}
 	n := 0
 	fs.VisitAll(func(*flag.Flag) { n++ })
-	assert.Equal(t, 22, n, "a new flag needs a default test")
+	assert.Equal(t, 23, n, "a new flag needs a default test")
 }
 
 func TestOptionsFlags(t *testing.T) {

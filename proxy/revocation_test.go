@@ -3,7 +3,9 @@ package proxy_test
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
 	"math/big"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/nsqio/go-nsq"
 	"github.com/nsqtls/nsqtls-proxy/internal/testpki"
 	"github.com/nsqtls/nsqtls-proxy/proxy"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -67,7 +70,7 @@ func (ce *crlEnv) publish(cfg *tls.Config) error {
 // another consumer, new handshakes with the certificate are refused, and
 // the other consumer is not disturbed.
 func TestCRLRevokesLiveConsumer(t *testing.T) {
-	ce := newCRLEnv(t, time.Hour, nil)
+	ce := newCRLEnv(t, time.Hour, func(o *proxy.Options) { o.MetricsAddress = "127.0.0.1:0" })
 	doomed, survivor := ce.leaf("doomed"), ce.leaf("survivor")
 	const n = 200
 
@@ -113,6 +116,21 @@ func TestCRLRevokesLiveConsumer(t *testing.T) {
 		"the survivor's connection must not be disturbed")
 	assert.Zero(t, ce.countEvents(map[string]any{"event": "revoked_disconnect",
 		"client_cn": "survivor"}))
+
+	scraped := scrapeMetrics(t, ce.env)
+	assert.Contains(t, scraped, "nsqtls_revoked_disconnects_total 1\n")
+	assert.Regexp(t, `nsqtls_handshakes_total\{outcome="failed",reason="revoked"\} [1-9]`, scraped)
+	assert.Contains(t, scraped, "nsqtls_crl_stale_issuers 0\n")
+	assert.Contains(t, scraped, "nsqtls_crl_reload_failures_total 0\n")
+}
+
+func scrapeMetrics(t *testing.T, e *env) string {
+	resp, err := http.Get("http://" + e.srv.MetricsAddr().String() + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(body)
 }
 
 type testConsumer struct {
@@ -227,6 +245,8 @@ func TestCRLStale(t *testing.T) {
 		ev := ce.waitAudit(map[string]any{"event": "handshake", "outcome": "failed",
 			"reason": "revocation_unknown", "client_cn": "innocent"})
 		assert.Contains(t, ev["detail"], "stale")
+		assert.Equal(t, 1.0, testutil.ToFloat64(ce.srv.Metrics().Handshakes.WithLabelValues(
+			"failed", "revocation_unknown")))
 	})
 	t.Run("grace", func(t *testing.T) {
 		ce := newCRLEnv(t, time.Second, func(o *proxy.Options) { o.CRLStaleGrace = time.Hour })

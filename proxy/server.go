@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nsqtls/nsqtls-proxy/metrics"
 	"github.com/nsqtls/nsqtls-proxy/revocation"
 	"go.uber.org/zap"
 )
@@ -25,6 +26,8 @@ type Server struct {
 	up        *upstream
 	ln        net.Listener
 
+	metrics    *metrics.Metrics
+	metricsLn  net.Listener        // nil without --metrics-address
 	revocation *revocation.Checker // nil without revocation sources
 	recheck    chan struct{}       // asks for open connections to be checked again
 
@@ -51,9 +54,18 @@ func New(opts *Options, log *zap.Logger) (*Server, error) {
 		up:        newUpstream(opts.UpstreamTCPAddress, opts.UpstreamDialTimeout, log),
 		conns:     make(map[*clientConn]struct{}),
 		recheck:   make(chan struct{}, 1),
+		metrics:   metrics.New(),
 	}
 	if s.revocation, err = s.newRevocation(); err != nil {
 		return nil, err
+	}
+	if s.revocation != nil {
+		s.metrics.CounterFunc("nsqtls_crl_reload_failures_total",
+			"CRL reloads and fetches that failed, leaving the last good CRL in force.",
+			func() float64 { return float64(s.revocation.ReloadFailures()) })
+		s.metrics.GaugeFunc("nsqtls_crl_stale_issuers",
+			"Issuers whose CRL is past its nextUpdate (and grace): their clients are refused.",
+			func() float64 { return float64(s.revocation.StaleCRLs()) })
 	}
 	if s.audit, err = openAuditLog(opts.AuditLog, log); err != nil {
 		return nil, err
@@ -106,8 +118,25 @@ func (s *Server) Listen() error {
 	if err != nil {
 		return fmt.Errorf("proxy: listen: %w", err)
 	}
+	if s.opts.MetricsAddress != "" {
+		if s.metricsLn, err = net.Listen("tcp", s.opts.MetricsAddress); err != nil {
+			ln.Close()
+			return fmt.Errorf("proxy: listen for metrics: %w", err)
+		}
+	}
 	s.ln = ln
 	return nil
+}
+
+// Metrics are the server's metrics, also served at --metrics-address.
+func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
+
+// MetricsAddr is where metrics are served, nil when they are not.
+func (s *Server) MetricsAddr() net.Addr {
+	if s.metricsLn == nil {
+		return nil
+	}
+	return s.metricsLn.Addr()
 }
 
 // Addr is the address clients connect to.
@@ -129,6 +158,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		bg.Wait()
 	}()
 	bg.Go(func() { s.up.watch(bgCtx) })
+	if s.metricsLn != nil {
+		bg.Go(func() {
+			if err := s.metrics.Serve(bgCtx, s.metricsLn); err != nil {
+				s.log.Error("metrics server stopped", zap.Error(err))
+			}
+		})
+	}
 	if s.revocation != nil {
 		bg.Go(func() { s.revocation.Run(bgCtx) })
 		bg.Go(func() { s.recheckLoop(bgCtx) })
@@ -272,6 +308,7 @@ func (s *Server) closeRevoked() {
 			continue
 		}
 		s.audit.revokedDisconnect(c, r)
+		s.metrics.RevokedDisconnects.Inc()
 		s.log.Warn("closing a connection whose certificate was revoked",
 			zap.Uint64(FieldConnID, c.id), zap.String(FieldRemoteAddr, c.remoteAddr),
 			zap.String(FieldClientCN, c.leaf.Subject.CommonName), zap.String(FieldDetail, r.Detail))

@@ -164,6 +164,19 @@ func (c *Checker) Enabled() bool {
 	return len(c.files) > 0 || len(c.urls) > 0 || c.cfg.FetchDistributionPoints || c.ocsp != nil
 }
 
+// StaleCRLs counts the issuers whose CRL in force is stale now, grace
+// included.
+func (c *Checker) StaleCRLs() int {
+	now := c.cfg.Clock()
+	n := 0
+	for _, crl := range c.index.Load().byKey {
+		if !crl.NextUpdate.IsZero() && now.After(crl.NextUpdate.Add(c.cfg.StaleGrace)) {
+			n++
+		}
+	}
+	return n
+}
+
 // ReloadFailures counts CRL reloads that failed and left the last good
 // CRL in force.
 func (c *Checker) ReloadFailures() int64 { return c.failures.Load() }

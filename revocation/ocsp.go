@@ -134,8 +134,12 @@ func (o *ocspClient) lookup(ctx context.Context, cert, issuer *x509.Certificate)
 	o.mu.Unlock()
 
 	if !joined {
-		call.answer, call.err = o.fetch(ctx, cert, issuer)
-		o.finish(key, call)
+		// Others may wait on this request: it runs apart from this caller,
+		// whose cancellation must not fail them, under its own timeout.
+		go func() {
+			call.answer, call.err = o.fetch(context.WithoutCancel(ctx), cert, issuer)
+			o.finish(key, call)
+		}()
 	}
 	select {
 	case <-call.done:
@@ -145,7 +149,8 @@ func (o *ocspClient) lookup(ctx context.Context, cert, issuer *x509.Certificate)
 	if call.err != nil {
 		return ocspAnswer{}, false, call.err
 	}
-	return call.answer, cached && old.status != call.answer.status, nil
+	// Only the caller that made the request reports a change, once.
+	return call.answer, !joined && cached && old.status != call.answer.status, nil
 }
 
 func (o *ocspClient) finish(key ocspKey, call *ocspCall) {
@@ -229,6 +234,9 @@ func (o *ocspClient) verify(der []byte, cert, issuer *x509.Certificate) (ocspAns
 	}
 	until := now.Add(ocspCeiling)
 	if !resp.NextUpdate.IsZero() {
+		if resp.NextUpdate.Before(resp.ThisUpdate) {
+			return ocspAnswer{}, errors.New("revocation: OCSP answer's nextUpdate precedes thisUpdate")
+		}
 		if now.After(resp.NextUpdate.Add(ocspSkew)) {
 			return ocspAnswer{}, errors.New("revocation: OCSP answer is past its nextUpdate")
 		}
