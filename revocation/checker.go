@@ -350,8 +350,8 @@ func (c *Checker) checkCRLs(ctx context.Context, chain []*x509.Certificate) Resu
 // configured sources or, when allowed, from cert's distribution point. A
 // nil CRL with a Good result means none applies.
 func (c *Checker) crlFor(ctx context.Context, cert, issuer *x509.Certificate) (*CRL, Result) {
-	key := string(issuer.RawSubjectPublicKeyInfo)
-	if crl, ok := c.index.Load().byKey[key]; ok {
+	// Indexing with string(bytes) in place does not allocate.
+	if crl, ok := c.index.Load().byKey[string(issuer.RawSubjectPublicKeyInfo)]; ok {
 		return crl, Result{Status: Good}
 	}
 	url := httpURL(cert.CRLDistributionPoints)
@@ -361,7 +361,7 @@ func (c *Checker) crlFor(ctx context.Context, cert, issuer *x509.Certificate) (*
 	if _, err := c.distributionPoint(ctx, url); err != nil {
 		return nil, Result{Status: Unknown, Cert: cert, Detail: err.Error()}
 	}
-	if crl, ok := c.index.Load().byKey[key]; ok {
+	if crl, ok := c.index.Load().byKey[string(issuer.RawSubjectPublicKeyInfo)]; ok {
 		return crl, Result{Status: Good}
 	}
 	return nil, Result{Status: Unknown, Cert: cert, Detail: fmt.Sprintf(

@@ -1,11 +1,15 @@
 package revocation
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"math/big"
+	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
@@ -139,6 +143,25 @@ func BenchmarkCRL(b *testing.B) {
 			}
 		}
 	})
+	// What a handshake pays: Checker.Check on a client chain, against the
+	// 1M-entry CRL of its issuer and against no CRL at all.
+	leaf, err := ca.Client("bench")
+	require.NoError(b, err)
+	chain := []*x509.Certificate{leaf.Cert, ca.Cert}
+	path := filepath.Join(b.TempDir(), "big.crl")
+	require.NoError(b, os.WriteFile(path, der, 0o644))
+	for _, files := range [][]string{nil, {path}} {
+		checker, err := New(Config{CRLFiles: files, Issuers: issuers})
+		require.NoError(b, err)
+		b.Run(fmt.Sprintf("check_chain_crls=%d", len(files)), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if r := checker.Check(context.Background(), chain); r.Status != Good {
+					b.Fatal(r.Detail)
+				}
+			}
+		})
+	}
 	miss := new(big.Int).Lsh(big.NewInt(3), 100)
 	b.Run("lookup_miss", func(b *testing.B) {
 		b.ReportAllocs()
