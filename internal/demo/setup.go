@@ -47,7 +47,8 @@ func moduleRoot() (string, error) {
 	}
 	gomod := strings.TrimSpace(string(out))
 	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("go env GOMOD: not inside the nsqtls-proxy module; run `make demo` from the repository")
+		return "", errors.New("go env GOMOD: not inside the nsqtls-proxy module; " +
+			"run `make demo` from the repository")
 	}
 	return filepath.Dir(gomod), nil
 }
