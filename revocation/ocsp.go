@@ -184,6 +184,11 @@ func (o *ocspClient) evictLocked() {
 }
 
 // fetch asks the responder and verifies its answer.
+//
+// TODO(ocsp): failures are not cached at all, so with a responder that is
+// down every handshake of a certificate naming it waits out the timeout; a
+// short negative cache would bound that without ever caching a failure as
+// good.
 func (o *ocspClient) fetch(ctx context.Context, cert, issuer *x509.Certificate) (
 	ocspAnswer, error) {
 	url := o.url(cert)
@@ -221,6 +226,9 @@ func (o *ocspClient) fetch(ctx context.Context, cert, issuer *x509.Certificate) 
 // delegated responder that the issuer certified for OCSP signing and that
 // is valid now, and current.
 func (o *ocspClient) verify(der []byte, cert, issuer *x509.Certificate) (ocspAnswer, error) {
+	// TODO(ocsp): x/crypto/ocsp matches the answer to cert by serial only
+	// and does not expose the CertID's issuer hashes to compare; the
+	// signature by the issuer (or its delegate) is what binds the answer.
 	resp, err := ocsp.ParseResponseForCert(der, cert, nil)
 	if err != nil {
 		return ocspAnswer{}, fmt.Errorf("revocation: OCSP answer: %w", err)
