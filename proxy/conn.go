@@ -175,6 +175,16 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 	}
 	state := tc.ConnectionState()
 	c.leaf = state.PeerCertificates[0]
+	// From here a revocation sweep sees this connection, and closes it
+	// if a CRL changes while nsqd is being dialled.
+	c.mu.Lock()
+	c.chains = state.VerifiedChains
+	c.mu.Unlock()
+	if c.revocation.SoftFailed {
+		s.log.Warn("OCSP soft-fail: letting the client in", zap.Uint64(FieldConnID, c.id),
+			zap.String(FieldClientCN, c.leaf.Subject.CommonName),
+			zap.String(FieldDetail, c.revocation.Detail))
+	}
 
 	if f := s.connectUpstream(ctx, c, id, promised); f != nil {
 		f.cert, f.state = c.leaf, &state
@@ -186,13 +196,29 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 			[]byte("E_UNAVAILABLE nsqtls-proxy cannot write its audit log; retry later"))
 		return &openingFailure{reason: ReasonAuditFailed, err: err, cert: c.leaf, state: &state}
 	}
-	c.mu.Lock()
-	c.chains = state.VerifiedChains
-	c.mu.Unlock()
+	// A CRL that changed between the handshake's check and the sweep
+	// seeing this connection is caught here, before the OK.
+	if r := s.recheckCRLs(state.VerifiedChains); r.Status == revocation.Revoked {
+		c.revocation = r
+		_ = writeFrame(tc, frameTypeError, []byte("E_UNAUTHORIZED certificate revoked"))
+		return &openingFailure{reason: ReasonRevoked, err: r.Err(), cert: c.leaf, state: &state}
+	}
 	_ = c.raw.SetDeadline(time.Time{})
 	// A failed write shows up at once in the relay, which then closes.
 	_ = writeFrame(tc, frameTypeResponse, []byte("OK"))
 	return nil
+}
+
+// recheckCRLs checks chains against the CRLs in force, without fetching.
+func (s *Server) recheckCRLs(chains [][]*x509.Certificate) revocation.Result {
+	if s.revocation != nil {
+		for _, chain := range chains {
+			if r := s.revocation.CheckCRLs(chain); r.Status == revocation.Revoked {
+				return r
+			}
+		}
+	}
+	return revocation.Result{}
 }
 
 // connTLSConfig is c's handshake config: the server's, with checks that
@@ -205,7 +231,12 @@ func (s *Server) connTLSConfig(c *clientConn) *tls.Config {
 		if err := verifyConnection(state, nil); err != nil {
 			return err
 		}
-		c.revocation = s.checkRevocation(state.VerifiedChains)
+		// The handshake's deadline bounds lookups; a CRL fetch or OCSP
+		// request shared with other clients goes on without it.
+		ctx, cancel := context.WithDeadline(context.Background(),
+			c.start.Add(s.opts.TLSHandshakeTimeout))
+		defer cancel()
+		c.revocation = s.checkRevocation(ctx, state.VerifiedChains)
 		switch c.revocation.Status {
 		case revocation.Revoked:
 			return &reasonError{reason: ReasonRevoked, err: c.revocation.Err()}

@@ -289,44 +289,71 @@ func (s *Server) recheckLoop(ctx context.Context) {
 	}
 }
 
-// closeRevoked closes every established connection whose certificate is
-// now revoked.
+// closeRevoked closes every admitted connection whose certificate is now
+// revoked: first by the CRLs in force, all at once and without waiting on
+// anything, then by OCSP, a few lookups at a time, so that a slow
+// responder does not hold up what the CRLs already tell.
 func (s *Server) closeRevoked() {
 	s.mu.Lock()
 	conns := make([]*clientConn, 0, len(s.conns))
 	for c := range s.conns {
-		conns = append(conns, c)
+		if c.admittedChains() != nil {
+			conns = append(conns, c)
+		}
 	}
 	s.mu.Unlock()
+
+	open := conns[:0]
 	for _, c := range conns {
-		chains := c.admittedChains()
-		if chains == nil {
+		if r := s.revocation.CheckCRLs(c.admittedChains()[0]); r.Status == revocation.Revoked {
+			s.disconnectRevoked(c, r)
 			continue
 		}
-		r := s.checkRevocation(chains)
-		if r.Status != revocation.Revoked {
-			continue
-		}
-		s.audit.revokedDisconnect(c, r)
-		s.metrics.RevokedDisconnects.Inc()
-		s.log.Warn("closing a connection whose certificate was revoked",
-			zap.Uint64(FieldConnID, c.id), zap.String(FieldRemoteAddr, c.remoteAddr),
-			zap.String(FieldClientCN, c.leaf.Subject.CommonName), zap.String(FieldDetail, r.Detail))
-		c.close(ReasonRevoked)
+		open = append(open, c)
 	}
+
+	const lookupsAtOnce = 16
+	sem := make(chan struct{}, lookupsAtOnce)
+	var wg sync.WaitGroup
+	for _, c := range open {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if r := s.checkRevocation(context.Background(), c.admittedChains()); r.Status ==
+				revocation.Revoked {
+				s.disconnectRevoked(c, r)
+			}
+		})
+	}
+	wg.Wait()
 }
 
-// checkRevocation checks every verified chain; the first that is not good
-// decides.
-func (s *Server) checkRevocation(chains [][]*x509.Certificate) revocation.Result {
+func (s *Server) disconnectRevoked(c *clientConn, r revocation.Result) {
+	s.audit.revokedDisconnect(c, r)
+	s.metrics.RevokedDisconnects.Inc()
+	s.log.Warn("closing a connection whose certificate was revoked",
+		zap.Uint64(FieldConnID, c.id), zap.String(FieldRemoteAddr, c.remoteAddr),
+		zap.String(FieldClientCN, c.leaf.Subject.CommonName), zap.String(FieldDetail, r.Detail))
+	c.close(ReasonRevoked)
+}
+
+// checkRevocation checks every verified chain. A revoked or undecided
+// chain decides at once; an OCSP soft-fail is reported only when no other
+// chain says worse.
+func (s *Server) checkRevocation(ctx context.Context,
+	chains [][]*x509.Certificate) revocation.Result {
+	var soft revocation.Result
 	if s.revocation == nil {
-		return revocation.Result{}
+		return soft
 	}
 	for _, chain := range chains {
-		if r := s.revocation.Check(context.Background(), chain); r.Status != revocation.Good ||
-			r.SoftFailed {
+		r := s.revocation.Check(ctx, chain)
+		if r.Status != revocation.Good {
 			return r
 		}
+		if r.SoftFailed && !soft.SoftFailed {
+			soft = r
+		}
 	}
-	return revocation.Result{}
+	return soft
 }

@@ -1,6 +1,7 @@
 package revocation
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -86,11 +87,18 @@ type Checker struct {
 	failures atomic.Int64
 	ocsp     *ocspClient // nil when OCSP is off
 
+	// parents maps a bundle CA (by its DER) to the bundle CA that issued
+	// it, so that chains ending at an intermediate of the bundle are
+	// checked up to the root.
+	parents map[string]*x509.Certificate
+
 	http       *http.Client
-	mu         sync.Mutex // guards files, urls and dpInflight; serializes reloads
+	fetching   chan struct{} // bounds concurrent CRL fetches, and their memory
+	mu         sync.Mutex    // guards files, urls, dpInflight, dpFailed; serializes reloads
 	files      []*crlFile
 	urls       []*crlURL
 	dpInflight map[string]*dpCall
+	dpFailed   map[string]time.Time // distribution points that failed, until when
 }
 
 // crlFile is one CRL file and the last good CRL read from it.
@@ -137,7 +145,8 @@ func New(cfg Config) (*Checker, error) {
 		cfg.CRLMinRefresh = 30 * time.Second
 	}
 	c := &Checker{cfg: cfg, http: &http.Client{Timeout: cfg.CRLFetchTimeout},
-		dpInflight: make(map[string]*dpCall)}
+		parents: bundleParents(cfg.Issuers), fetching: make(chan struct{}, maxConcurrentFetches),
+		dpInflight: make(map[string]*dpCall), dpFailed: make(map[string]time.Time)}
 	if cfg.OCSP != OCSPOff {
 		c.ocsp = newOCSPClient(cfg.OCSPResponderURL, cfg.OCSPTimeout, cfg.Clock)
 	}
@@ -157,6 +166,25 @@ func New(cfg Config) (*Checker, error) {
 	}
 	c.rebuildLocked()
 	return c, nil
+}
+
+// bundleParents finds, for each CA of the bundle that is not self-issued,
+// the bundle CA whose key signed it.
+func bundleParents(issuers []*x509.Certificate) map[string]*x509.Certificate {
+	parents := make(map[string]*x509.Certificate)
+	for _, child := range issuers {
+		if bytes.Equal(child.RawIssuer, child.RawSubject) {
+			continue
+		}
+		for _, parent := range issuers {
+			if parent != child && bytes.Equal(parent.RawSubject, child.RawIssuer) &&
+				child.CheckSignatureFrom(parent) == nil {
+				parents[string(child.Raw)] = parent
+				break
+			}
+		}
+	}
+	return parents
 }
 
 // Enabled tells whether any revocation source is configured.
@@ -193,6 +221,11 @@ func (c *Checker) load(f *crlFile) error {
 	crl, err := ParseCRL(data, c.cfg.Issuers)
 	if err != nil {
 		return fmt.Errorf("revocation: CRL file %s: %w", f.path, err)
+	}
+	if f.crl != nil && !bytes.Equal(crl.Issuer.RawSubjectPublicKeyInfo,
+		f.crl.Issuer.RawSubjectPublicKeyInfo) {
+		return fmt.Errorf("revocation: CRL file %s now holds %q's CRL, not %q's: a file keeps "+
+			"its issuer (restart to change it)", f.path, crl.Issuer.Subject, f.crl.Issuer.Subject)
 	}
 	if f.crl != nil && crl.ThisUpdate.Before(f.crl.ThisUpdate) {
 		return fmt.Errorf("revocation: CRL file %s is older (thisUpdate %s) than the one in force "+
@@ -316,32 +349,61 @@ func (c *Checker) fetchLoop(ctx context.Context) {
 // root last: each certificate but the root is looked up in its issuer's
 // CRL, if there is one; then, with OCSP on, the leaf is asked about.
 func (c *Checker) Check(ctx context.Context, chain []*x509.Certificate) Result {
-	if r := c.checkCRLs(ctx, chain); r.Status != Good {
+	if r := c.checkCRLs(ctx, chain, true); r.Status != Good {
 		return r
 	}
-	return c.checkOCSP(ctx, chain)
+	return c.CheckOCSP(ctx, chain)
 }
 
-func (c *Checker) checkCRLs(ctx context.Context, chain []*x509.Certificate) Result {
+// CheckCRLs checks chain against the CRLs in force only: no fetch, no
+// wait, fit for sweeping every open connection at once.
+func (c *Checker) CheckCRLs(chain []*x509.Certificate) Result {
+	return c.checkCRLs(context.Background(), chain, false)
+}
+
+// checkCRLs checks every certificate of chain but the root, and then the
+// bundle CAs above the chain's anchor: crypto/x509 ends a chain at any CA
+// of the pool, which may be an intermediate that its root has revoked.
+func (c *Checker) checkCRLs(ctx context.Context, chain []*x509.Certificate,
+	fetch bool) Result {
 	now := c.cfg.Clock()
-	for i := 0; i+1 < len(chain); i++ {
-		cert, issuer := chain[i], chain[i+1]
-		crl, r := c.crlFor(ctx, cert, issuer)
+	cert := chain[0]
+	for i := 1; ; i++ {
+		var issuer *x509.Certificate
+		switch {
+		case i < len(chain):
+			issuer = chain[i]
+		case i < len(chain)+maxBundleDepth:
+			issuer = c.parents[string(cert.Raw)]
+		}
+		if issuer == nil {
+			return Result{Status: Good}
+		}
+		r := c.checkOne(ctx, cert, issuer, now, fetch)
 		if r.Status != Good {
 			return r
 		}
-		if crl == nil {
-			continue
-		}
-		if r, stale := c.stale(crl, cert, now); stale {
-			return r
-		}
-		if e, ok := crl.Lookup(cert.SerialNumber); ok {
-			return Result{Status: Revoked, Cert: cert, Entry: e,
-				Detail: fmt.Sprintf("certificate %q (serial %s) revoked at %s, reason %s",
-					cert.Subject.CommonName, cert.SerialNumber.Text(16),
-					e.RevokedAt.Format(time.RFC3339), orUnspecified(e.Reason))}
-		}
+		cert = issuer
+	}
+}
+
+// maxBundleDepth bounds the walk above a chain's anchor.
+const maxBundleDepth = 8
+
+func (c *Checker) checkOne(ctx context.Context, cert, issuer *x509.Certificate,
+	now time.Time, fetch bool) Result {
+	crl, r := c.crlFor(ctx, cert, issuer, fetch)
+	if r.Status != Good || crl == nil {
+		return r
+	}
+	if r, stale := c.stale(crl, cert, now); stale {
+		return r
+	}
+	if e, ok := crl.Lookup(cert.SerialNumber); ok {
+		return Result{Status: Revoked, Cert: cert, Entry: e,
+			Detail: fmt.Sprintf("certificate %q (serial %s) revoked at %s, reason %s",
+				cert.Subject.CommonName, cert.SerialNumber.Text(16),
+				e.RevokedAt.Format(time.RFC3339), orUnspecified(e.Reason))}
 	}
 	return Result{Status: Good}
 }
@@ -349,13 +411,14 @@ func (c *Checker) checkCRLs(ctx context.Context, chain []*x509.Certificate) Resu
 // crlFor finds the CRL that applies to cert: its issuer's, from the
 // configured sources or, when allowed, from cert's distribution point. A
 // nil CRL with a Good result means none applies.
-func (c *Checker) crlFor(ctx context.Context, cert, issuer *x509.Certificate) (*CRL, Result) {
+func (c *Checker) crlFor(ctx context.Context, cert, issuer *x509.Certificate,
+	fetch bool) (*CRL, Result) {
 	// Indexing with string(bytes) in place does not allocate.
 	if crl, ok := c.index.Load().byKey[string(issuer.RawSubjectPublicKeyInfo)]; ok {
 		return crl, Result{Status: Good}
 	}
 	url := httpURL(cert.CRLDistributionPoints)
-	if !c.cfg.FetchDistributionPoints || url == "" {
+	if !c.cfg.FetchDistributionPoints || url == "" || !fetch {
 		return nil, Result{Status: Good}
 	}
 	if _, err := c.distributionPoint(ctx, url); err != nil {
@@ -378,8 +441,8 @@ func httpURL(urls []string) string {
 	return ""
 }
 
-// checkOCSP asks about the leaf, if OCSP is on and a responder is known.
-func (c *Checker) checkOCSP(ctx context.Context, chain []*x509.Certificate) Result {
+// CheckOCSP asks about the leaf, if OCSP is on and a responder is known.
+func (c *Checker) CheckOCSP(ctx context.Context, chain []*x509.Certificate) Result {
 	if c.ocsp == nil || len(chain) < 2 || c.ocsp.url(chain[0]) == "" {
 		return Result{Status: Good}
 	}
@@ -388,7 +451,6 @@ func (c *Checker) checkOCSP(ctx context.Context, chain []*x509.Certificate) Resu
 	if err != nil {
 		detail := fmt.Sprintf("no OCSP answer for %q: %v", leaf.Subject.CommonName, err)
 		if c.cfg.OCSP == OCSPSoftFail {
-			c.cfg.Log.Warn("OCSP soft-fail: letting the client in", zap.String("detail", detail))
 			return Result{Status: Good, SoftFailed: true, Detail: detail}
 		}
 		return Result{Status: Unknown, Cert: leaf, Detail: detail}

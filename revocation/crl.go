@@ -207,6 +207,10 @@ func verifyCRL(header *x509.RevocationList, parts *crlParts,
 	return nil, lastErr
 }
 
+// maxSerialLen bounds a serial number's DER content; RFC 5280 allows 20
+// octets, and longer ones are seen in the wild, but not this long.
+const maxSerialLen = 128
+
 // parseEntries reads revokedCertificates in two passes: one to count,
 // one to fill a set of exactly that size.
 func parseEntries(list cryptobyte.String) (revokedSet, error) {
@@ -220,7 +224,7 @@ func parseEntries(list cryptobyte.String) (revokedSet, error) {
 	for !list.Empty() {
 		var entry, serial cryptobyte.String
 		if !list.ReadASN1(&entry, casn1.SEQUENCE) || !entry.ReadASN1(&serial, casn1.INTEGER) ||
-			len(serial) == 0 {
+			len(serial) == 0 || len(serial) > maxSerialLen {
 			return revokedSet{}, errMalformed
 		}
 		at, err := readTime(&entry)
@@ -269,7 +273,11 @@ func fastTime(b []byte, tag casn1.Tag) (time.Time, bool) {
 	var year int
 	switch {
 	case tag == casn1.UTCTime && len(b) == 13:
-		year = 1900 + digits(b[0:2])
+		year = digits(b[0:2])
+		if year < 0 {
+			return time.Time{}, false
+		}
+		year += 1900
 		if year < 1950 {
 			year += 100
 		}

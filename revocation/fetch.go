@@ -1,6 +1,7 @@
 package revocation
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -19,6 +20,12 @@ const (
 	maxCRLRefresh = time.Hour
 	// maxCRLRetry is the longest wait between failed fetches.
 	maxCRLRetry = 5 * time.Minute
+	// maxConcurrentFetches bounds CRL fetches at once, and so the memory
+	// their bodies take.
+	maxConcurrentFetches = 2
+	// dpRetry is how long a distribution point that failed is not asked
+	// again; its clients are refused meanwhile.
+	dpRetry = 30 * time.Second
 )
 
 // crlURL is a CRL fetched over HTTP, refreshed well before its nextUpdate;
@@ -35,6 +42,12 @@ type crlURL struct {
 func (c *Checker) fetchCRL(ctx context.Context, url string) (*CRL, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CRLFetchTimeout)
 	defer cancel()
+	select {
+	case c.fetching <- struct{}{}:
+		defer func() { <-c.fetching }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("revocation: CRL URL %s: waiting to fetch: %w", url, ctx.Err())
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("revocation: CRL URL %s: %w", url, err)
@@ -82,6 +95,11 @@ func (c *Checker) refreshURL(ctx context.Context, u *crlURL) bool {
 	now := c.cfg.Clock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err == nil && u.crl != nil && !bytes.Equal(crl.Issuer.RawSubjectPublicKeyInfo,
+		u.crl.Issuer.RawSubjectPublicKeyInfo) {
+		err = fmt.Errorf("revocation: CRL URL %s now serves %q's CRL, not %q's", u.url,
+			crl.Issuer.Subject, u.crl.Issuer.Subject)
+	}
 	if err == nil && u.crl != nil && crl.ThisUpdate.Before(u.crl.ThisUpdate) {
 		err = fmt.Errorf("revocation: CRL URL %s served an older CRL than the one in force",
 			u.url)
@@ -134,11 +152,16 @@ func (c *Checker) distributionPoint(ctx context.Context, url string) (*crlURL, e
 			return u, nil
 		}
 	}
+	if until, failed := c.dpFailed[url]; failed && c.cfg.Clock().Before(until) {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("revocation: CRL distribution point %s failed recently; "+
+			"retrying after %s", url, until.Format(time.RFC3339))
+	}
 	call, joined := c.dpInflight[url]
 	if !joined {
-		if len(c.urls) >= maxCRLURLs {
+		if len(c.urls)+len(c.dpInflight) >= maxCRLURLs {
 			c.mu.Unlock()
-			return nil, fmt.Errorf("revocation: more than %d CRL URLs; not following %s",
+			return nil, fmt.Errorf("revocation: %d CRL URLs already; not following %s",
 				maxCRLURLs, url)
 		}
 		call = &dpCall{done: make(chan struct{})}
@@ -146,14 +169,28 @@ func (c *Checker) distributionPoint(ctx context.Context, url string) (*crlURL, e
 	}
 	c.mu.Unlock()
 	if !joined {
-		call.u, call.err = c.addDistributionPoint(ctx, url)
-		c.mu.Lock()
-		delete(c.dpInflight, url)
-		c.mu.Unlock()
-		close(call.done)
+		// The fetch serves every handshake waiting on it: it runs apart
+		// from this one, under its own timeout.
+		go func() {
+			call.u, call.err = c.addDistributionPoint(context.WithoutCancel(ctx), url)
+			c.mu.Lock()
+			delete(c.dpInflight, url)
+			if call.err != nil {
+				c.dpFailed[url] = c.cfg.Clock().Add(dpRetry)
+				c.failures.Add(1)
+				c.cfg.Log.Error("CRL distribution point fetch failed", zap.String("url", url),
+					zap.Error(call.err))
+			}
+			c.mu.Unlock()
+			close(call.done)
+		}()
 	}
-	<-call.done
-	return call.u, call.err
+	select {
+	case <-call.done:
+		return call.u, call.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("revocation: CRL distribution point %s: %w", url, ctx.Err())
+	}
 }
 
 type dpCall struct {
@@ -170,6 +207,7 @@ func (c *Checker) addDistributionPoint(ctx context.Context, url string) (*crlURL
 	u := &crlURL{url: url, fromDP: true, crl: crl, next: c.refreshAt(crl, c.cfg.Clock())}
 	c.mu.Lock()
 	c.urls = append(c.urls, u)
+	delete(c.dpFailed, url)
 	c.rebuildLocked()
 	c.mu.Unlock()
 	c.cfg.Log.Info("CRL distribution point added", zap.String("url", url),

@@ -240,7 +240,12 @@ func (o *ocspClient) verify(der []byte, cert, issuer *x509.Certificate) (ocspAns
 	if resp.ThisUpdate.After(now.Add(ocspSkew)) {
 		return ocspAnswer{}, errors.New("revocation: OCSP answer is from the future")
 	}
-	until := now.Add(ocspCeiling)
+	// Without nextUpdate an answer is good for ocspCeiling after it was
+	// made, not after it was fetched: an old one replayed is refused.
+	until := resp.ThisUpdate.Add(ocspCeiling)
+	if resp.NextUpdate.IsZero() && !now.Before(until.Add(ocspSkew)) {
+		return ocspAnswer{}, errors.New("revocation: OCSP answer without nextUpdate is too old")
+	}
 	if !resp.NextUpdate.IsZero() {
 		if resp.NextUpdate.Before(resp.ThisUpdate) {
 			return ocspAnswer{}, errors.New("revocation: OCSP answer's nextUpdate precedes thisUpdate")
@@ -248,7 +253,7 @@ func (o *ocspClient) verify(der []byte, cert, issuer *x509.Certificate) (ocspAns
 		if now.After(resp.NextUpdate.Add(ocspSkew)) {
 			return ocspAnswer{}, errors.New("revocation: OCSP answer is past its nextUpdate")
 		}
-		until = minTime(resp.NextUpdate, until)
+		until = minTime(resp.NextUpdate, now.Add(ocspCeiling))
 	}
 	switch resp.Status {
 	case ocsp.Good:

@@ -284,13 +284,17 @@ func TestOCSPVerify(t *testing.T) {
 			der: e.sign(t, withThis(withNext(e.good(hour), now.Add(-ocspSkew+time.Second)),
 				now.Add(-2*hour)), nil),
 			want: Good, wantUntil: now.Add(-ocspSkew + time.Second)},
-		{name: "no nextUpdate is kept until the ceiling",
+		{name: "no nextUpdate is kept until the ceiling after thisUpdate",
 			der:  e.sign(t, withNext(e.good(hour), time.Time{}), nil),
-			want: Good, wantUntil: now.Add(ocspCeiling)},
+			want: Good, wantUntil: now.Add(ocspCeiling - time.Minute)},
+		{name: "no nextUpdate and older than the ceiling: a replay",
+			der: e.sign(t, withThis(withNext(e.good(hour), time.Time{}),
+				now.Add(-ocspCeiling-ocspSkew)), nil),
+			wantErr: "too old"},
 		{name: "nextUpdate beyond the ceiling is kept until the ceiling",
 			der: e.sign(t, e.good(5*hour), nil), want: Good, wantUntil: now.Add(ocspCeiling)},
 		{name: "revoked without nextUpdate", der: e.sign(t, withNext(e.revoked(hour),
-			time.Time{}), nil), want: Revoked, wantUntil: now.Add(ocspCeiling),
+			time.Time{}), nil), want: Revoked, wantUntil: now.Add(ocspCeiling - time.Minute),
 			wantEntry: Entry{Reason: "keyCompromise", RevokedAt: ocspTestRevokedAt}},
 	}
 	for _, tt := range tests {
@@ -491,7 +495,7 @@ func TestOCSPCache(t *testing.T) {
 		}))
 		o := e.client(ocspTestTimeout)
 		mustLookup(t, e, o, Good, false)
-		e.clock.Add(ocspCeiling - time.Second)
+		e.clock.Add(ocspCeiling - time.Minute - time.Second) // thisUpdate was a minute ago
 		mustLookup(t, e, o, Good, false)
 		assert.EqualValues(t, 1, e.srv.requests.Load())
 		e.clock.Add(time.Second)
