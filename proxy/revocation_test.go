@@ -343,3 +343,34 @@ func TestCertificateExpiresWhileConnected(t *testing.T) {
 	e.waitAudit(map[string]any{"event": "handshake", "outcome": "failed", "reason": "expired",
 		"client_cn": "short-lived"})
 }
+
+// TestRevokedIntermediateInBundle: the bundle holds the root and an
+// intermediate; a client sends only its leaf, so crypto/tls ends its chain
+// at the intermediate. Revoking the intermediate on the root's CRL (made
+// by openssl) must still refuse it.
+func TestRevokedIntermediateInBundle(t *testing.T) {
+	var inter *testpki.CA
+	ce := &crlEnv{}
+	ce.env = newEnv(t, envConfig{setup: func(e *env, o *proxy.Options) {
+		var err error
+		inter, err = e.ca.Intermediate("bundled intermediate")
+		require.NoError(t, err)
+		ce.ossl, err = e.ca.OpenSSL(filepath.Join(e.dir, "openssl-ca"))
+		require.NoError(t, err)
+		ce.crlPath = filepath.Join(e.dir, "root.crl")
+		require.NoError(t, ce.ossl.Revoke(&testpki.Leaf{Cert: inter.Cert}, "cACompromise"))
+		require.NoError(t, ce.ossl.GenCRL(ce.crlPath, time.Hour))
+		o.CRLFiles = append(o.CRLFiles, ce.crlPath)
+		bundle := append(e.ca.CertPEM(), inter.CertPEM()...)
+		require.NoError(t, os.WriteFile(o.TLSRootCAFile, bundle, 0o644))
+	}})
+	leaf, err := inter.Client("under-revoked-intermediate")
+	require.NoError(t, err)
+	leafOnly := clientTLS(ce.ca, leaf)
+	leafOnly.Certificates[0].Certificate = leafOnly.Certificates[0].Certificate[:1]
+	require.Error(t, ce.publish(leafOnly))
+	ev := ce.waitAudit(map[string]any{"event": "handshake", "outcome": "failed",
+		"reason": "revoked", "client_cn": "under-revoked-intermediate"})
+	assert.Equal(t, "cACompromise", ev["revocation_reason"])
+	require.NoError(t, ce.publish(clientTLS(ce.ca, ce.leaf("under-root"))))
+}
