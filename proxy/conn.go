@@ -41,6 +41,7 @@ type clientConn struct {
 
 	closeOnce   sync.Once
 	closeReason Reason
+	closed      bool // guarded by mu: set by close, seen by setUpstream
 }
 
 // close ends both sides once; the first reason given is the one recorded.
@@ -48,6 +49,7 @@ func (c *clientConn) close(reason Reason) {
 	c.closeOnce.Do(func() {
 		c.closeReason = reason
 		c.mu.Lock()
+		c.closed = true
 		tc, up := c.tls, c.upstream
 		c.mu.Unlock()
 		if tc != nil {
@@ -75,10 +77,23 @@ func (c *clientConn) admittedChains() [][]*x509.Certificate {
 	return c.chains
 }
 
-func (c *clientConn) setUpstream(up net.Conn) {
+func (c *clientConn) isClosed() bool {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// setUpstream attaches up to c, or closes up and reports false when c was
+// closed meanwhile (a revocation sweep, a shutdown).
+func (c *clientConn) setUpstream(up net.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		up.Close()
+		return false
+	}
 	c.upstream = up
-	c.mu.Unlock()
+	return true
 }
 
 // openingFailure is a refused opening, ready for the audit log.
@@ -189,6 +204,10 @@ func (s *Server) open(ctx context.Context, c *clientConn) *openingFailure {
 	if f := s.connectUpstream(ctx, c, id, promised); f != nil {
 		f.cert, f.state = c.leaf, &state
 		return f
+	}
+	if c.isClosed() {
+		return &openingFailure{reason: c.closeReason, cert: c.leaf, state: &state,
+			err: errors.New("proxy: connection closed during the opening")}
 	}
 	// No audit line, no admission: the trail is what this proxy is for.
 	if err := s.audit.handshakeOK(c, state); err != nil {
@@ -314,7 +333,10 @@ func (s *Server) connectUpstream(ctx context.Context, c *clientConn, id *identif
 			[]byte("E_UNAVAILABLE nsqtls-proxy cannot reach nsqd; retry later"))
 		return &openingFailure{reason: ReasonUpstreamUnavailable, err: err}
 	}
-	c.setUpstream(up)
+	if !c.setUpstream(up) {
+		return &openingFailure{reason: c.closeReason,
+			err: errors.New("proxy: connection closed while nsqd was being dialled")}
+	}
 
 	if frameType == frameTypeError {
 		_ = writeFrame(c.tls, frameTypeError, data)

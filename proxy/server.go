@@ -277,58 +277,79 @@ func (s *Server) requestRecheck() {
 }
 
 // recheckLoop checks open connections again whenever the revocation state
-// changes, until ctx ends.
+// may have changed, until ctx ends. The CRL pass runs at once every time;
+// the OCSP pass, which may wait on responders, runs beside it, one at a
+// time, and never delays a CRL pass.
 func (s *Server) recheckLoop(ctx context.Context) {
+	var ocspPass sync.WaitGroup
+	defer ocspPass.Wait()
+	var running atomic.Bool
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.recheck:
-			s.closeRevoked()
+			s.sweepCRLs()
+			if running.CompareAndSwap(false, true) {
+				ocspPass.Go(func() {
+					defer running.Store(false)
+					s.sweepAll(ctx)
+				})
+			}
 		}
 	}
 }
 
-// closeRevoked closes every admitted connection whose certificate is now
-// revoked: first by the CRLs in force, all at once and without waiting on
-// anything, then by OCSP, a few lookups at a time, so that a slow
-// responder does not hold up what the CRLs already tell.
-func (s *Server) closeRevoked() {
+// admitted lists the connections admitted so far.
+func (s *Server) admitted() []*clientConn {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	conns := make([]*clientConn, 0, len(s.conns))
 	for c := range s.conns {
 		if c.admittedChains() != nil {
 			conns = append(conns, c)
 		}
 	}
-	s.mu.Unlock()
+	return conns
+}
 
-	open := conns[:0]
-	for _, c := range conns {
-		if r := s.revocation.CheckCRLs(c.admittedChains()[0]); r.Status == revocation.Revoked {
+// sweepCRLs closes every admitted connection that the CRLs in force
+// revoke; it waits on nothing.
+func (s *Server) sweepCRLs() {
+	for _, c := range s.admitted() {
+		if r := s.recheckCRLs(c.admittedChains()); r.Status == revocation.Revoked {
 			s.disconnectRevoked(c, r)
-			continue
 		}
-		open = append(open, c)
 	}
+}
 
+// sweepAll runs every check, OCSP included, on every admitted connection,
+// 16 at a time, until done or ctx ends.
+func (s *Server) sweepAll(ctx context.Context) {
 	const lookupsAtOnce = 16
 	sem := make(chan struct{}, lookupsAtOnce)
 	var wg sync.WaitGroup
-	for _, c := range open {
-		sem <- struct{}{}
+	defer wg.Wait()
+	for _, c := range s.admitted() {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if r := s.checkRevocation(context.Background(), c.admittedChains()); r.Status ==
-				revocation.Revoked {
+			r := s.checkRevocation(ctx, c.admittedChains())
+			if r.Status == revocation.Revoked {
 				s.disconnectRevoked(c, r)
 			}
 		})
 	}
-	wg.Wait()
 }
 
 func (s *Server) disconnectRevoked(c *clientConn, r revocation.Result) {
+	if c.isClosed() {
+		return // the other pass got there first
+	}
 	s.audit.revokedDisconnect(c, r)
 	s.metrics.RevokedDisconnects.Inc()
 	s.log.Warn("closing a connection whose certificate was revoked",

@@ -92,13 +92,16 @@ type Checker struct {
 	// checked up to the root.
 	parents map[string]*x509.Certificate
 
-	http       *http.Client
-	fetching   chan struct{} // bounds concurrent CRL fetches, and their memory
-	mu         sync.Mutex    // guards files, urls, dpInflight, dpFailed; serializes reloads
-	files      []*crlFile
-	urls       []*crlURL
-	dpInflight map[string]*dpCall
-	dpFailed   map[string]time.Time // distribution points that failed, until when
+	http *http.Client
+	// One fetch at a time per kind bounds the memory fetched bodies take,
+	// and keeps distribution points from delaying --crl-url refreshes.
+	fetchingURLs chan struct{}
+	fetchingDPs  chan struct{}
+	mu           sync.Mutex // guards files, urls, dpInflight, dpFailed; serializes reloads
+	files        []*crlFile
+	urls         []*crlURL
+	dpInflight   map[string]*dpCall
+	dpFailed     map[string]time.Time // distribution points that failed, until when
 }
 
 // crlFile is one CRL file and the last good CRL read from it.
@@ -145,8 +148,9 @@ func New(cfg Config) (*Checker, error) {
 		cfg.CRLMinRefresh = 30 * time.Second
 	}
 	c := &Checker{cfg: cfg, http: &http.Client{Timeout: cfg.CRLFetchTimeout},
-		parents: bundleParents(cfg.Issuers), fetching: make(chan struct{}, maxConcurrentFetches),
-		dpInflight: make(map[string]*dpCall), dpFailed: make(map[string]time.Time)}
+		parents: bundleParents(cfg.Issuers), fetchingURLs: make(chan struct{}, 1),
+		fetchingDPs: make(chan struct{}, 1),
+		dpInflight:  make(map[string]*dpCall), dpFailed: make(map[string]time.Time)}
 	if cfg.OCSP != OCSPOff {
 		c.ocsp = newOCSPClient(cfg.OCSPResponderURL, cfg.OCSPTimeout, cfg.Clock)
 	}
@@ -158,7 +162,7 @@ func New(cfg Config) (*Checker, error) {
 		c.files = append(c.files, f)
 	}
 	for _, url := range cfg.CRLURLs {
-		crl, err := c.fetchCRL(context.Background(), url)
+		crl, err := c.fetchCRL(context.Background(), url, c.fetchingURLs)
 		if err != nil {
 			return nil, err
 		}

@@ -13,16 +13,13 @@ import (
 
 const (
 	// maxCRLSize caps a fetched CRL: a million entries take about 34 MB.
-	maxCRLSize = 128 << 20
+	maxCRLSize = 48 << 20
 	// maxCRLURLs bounds the distribution points the proxy follows.
 	maxCRLURLs = 64
 	// maxCRLRefresh is the longest wait between fetches of one CRL.
 	maxCRLRefresh = time.Hour
 	// maxCRLRetry is the longest wait between failed fetches.
 	maxCRLRetry = 5 * time.Minute
-	// maxConcurrentFetches bounds CRL fetches at once, and so the memory
-	// their bodies take.
-	maxConcurrentFetches = 2
 	// dpRetry is how long a distribution point that failed is not asked
 	// again; its clients are refused meanwhile.
 	dpRetry = 30 * time.Second
@@ -39,12 +36,13 @@ type crlURL struct {
 }
 
 // fetchCRL gets and verifies the CRL at url.
-func (c *Checker) fetchCRL(ctx context.Context, url string) (*CRL, error) {
+// slot is the fetch slot to hold while fetching.
+func (c *Checker) fetchCRL(ctx context.Context, url string, slot chan struct{}) (*CRL, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CRLFetchTimeout)
 	defer cancel()
 	select {
-	case c.fetching <- struct{}{}:
-		defer func() { <-c.fetching }()
+	case slot <- struct{}{}:
+		defer func() { <-slot }()
 	case <-ctx.Done():
 		return nil, fmt.Errorf("revocation: CRL URL %s: waiting to fetch: %w", url, ctx.Err())
 	}
@@ -60,7 +58,12 @@ func (c *Checker) fetchCRL(ctx context.Context, url string) (*CRL, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("revocation: CRL URL %s: %s", url, resp.Status)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxCRLSize+1))
+	var body bytes.Buffer
+	if resp.ContentLength > 0 && resp.ContentLength <= maxCRLSize {
+		body.Grow(int(resp.ContentLength)) // one allocation, not a doubling series
+	}
+	_, err = body.ReadFrom(io.LimitReader(resp.Body, maxCRLSize+1))
+	data := body.Bytes()
 	if err != nil {
 		return nil, fmt.Errorf("revocation: CRL URL %s: %w", url, err)
 	}
@@ -91,7 +94,7 @@ func (c *Checker) refreshAt(crl *CRL, now time.Time) time.Time {
 // refreshURL fetches u and installs the result, or keeps the last good
 // copy and schedules a retry. It reports whether the CRL in force changed.
 func (c *Checker) refreshURL(ctx context.Context, u *crlURL) bool {
-	crl, err := c.fetchCRL(ctx, u.url)
+	crl, err := c.fetchCRL(ctx, u.url, c.fetchingURLs)
 	now := c.cfg.Clock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -200,7 +203,7 @@ type dpCall struct {
 }
 
 func (c *Checker) addDistributionPoint(ctx context.Context, url string) (*crlURL, error) {
-	crl, err := c.fetchCRL(ctx, url)
+	crl, err := c.fetchCRL(ctx, url, c.fetchingDPs)
 	if err != nil {
 		return nil, err
 	}

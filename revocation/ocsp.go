@@ -52,12 +52,21 @@ const (
 	ocspCeiling = time.Hour
 	// maxOCSPCache bounds the number of cached answers.
 	maxOCSPCache = 100_000
+	// ocspFailureTTL is how long a failed lookup is remembered as failed
+	// (never as good), so that a down responder costs one timeout per
+	// certificate per period, not one per handshake.
+	ocspFailureTTL = 5 * time.Second
 )
 
 // ocspKey names one certificate: its issuer's key and its serial.
 type ocspKey struct {
 	issuer [32]byte
 	serial string
+}
+
+type ocspFailure struct {
+	err   error
+	until time.Time
 }
 
 type ocspAnswer struct {
@@ -83,6 +92,7 @@ type ocspClient struct {
 
 	mu       sync.Mutex
 	cache    map[ocspKey]ocspAnswer
+	failed   map[ocspKey]ocspFailure
 	inflight map[ocspKey]*ocspCall
 }
 
@@ -94,6 +104,7 @@ func newOCSPClient(responderURL string, timeout time.Duration,
 		http:         &http.Client{Timeout: timeout},
 		clock:        clock,
 		cache:        make(map[ocspKey]ocspAnswer),
+		failed:       make(map[ocspKey]ocspFailure),
 		inflight:     make(map[ocspKey]*ocspCall),
 	}
 }
@@ -126,6 +137,10 @@ func (o *ocspClient) lookup(ctx context.Context, cert, issuer *x509.Certificate)
 		o.mu.Unlock()
 		return old, false, nil
 	}
+	if f, ok := o.failed[key]; ok && now.Before(f.until) {
+		o.mu.Unlock()
+		return ocspAnswer{}, false, f.err
+	}
 	call, joined := o.inflight[key]
 	if !joined {
 		call = &ocspCall{done: make(chan struct{})}
@@ -156,6 +171,14 @@ func (o *ocspClient) lookup(ctx context.Context, cert, issuer *x509.Certificate)
 func (o *ocspClient) finish(key ocspKey, call *ocspCall) {
 	o.mu.Lock()
 	delete(o.inflight, key)
+	if call.err != nil {
+		if len(o.failed) >= maxOCSPCache {
+			clear(o.failed)
+		}
+		o.failed[key] = ocspFailure{err: call.err, until: o.clock().Add(ocspFailureTTL)}
+	} else {
+		delete(o.failed, key)
+	}
 	if call.err == nil {
 		if len(o.cache) >= maxOCSPCache {
 			o.evictLocked()
@@ -184,11 +207,6 @@ func (o *ocspClient) evictLocked() {
 }
 
 // fetch asks the responder and verifies its answer.
-//
-// TODO(ocsp): failures are not cached at all, so with a responder that is
-// down every handshake of a certificate naming it waits out the timeout; a
-// short negative cache would bound that without ever caching a failure as
-// good.
 func (o *ocspClient) fetch(ctx context.Context, cert, issuer *x509.Certificate) (
 	ocspAnswer, error) {
 	url := o.url(cert)

@@ -502,15 +502,20 @@ func TestOCSPCache(t *testing.T) {
 		mustLookup(t, e, o, Good, false)
 		assert.EqualValues(t, 2, e.srv.requests.Load())
 	})
-	t.Run("a failure is not cached", func(t *testing.T) {
+	t.Run("a failure is not cached as good", func(t *testing.T) {
 		e := newOCSPTestEnv(t)
 		e.srv.set(ocspReplyCode(http.StatusServiceUnavailable))
 		o := e.client(ocspTestTimeout)
 		_, _, err := lookup(t, e, o)
 		require.Error(t, err)
 		_, _, err = lookup(t, e, o)
+		require.Error(t, err, "still a failure while remembered")
+		assert.EqualValues(t, 1, e.srv.requests.Load(), "a failure is remembered briefly")
+		e.clock.Add(ocspFailureTTL)
+		_, _, err = lookup(t, e, o)
 		require.Error(t, err)
-		assert.EqualValues(t, 2, e.srv.requests.Load(), "asks again after a failure")
+		assert.EqualValues(t, 2, e.srv.requests.Load(), "asks again once that has passed")
+		e.clock.Add(ocspFailureTTL)
 		e.srv.set(e.replyNow(t, func() ocsp.Response { return e.good(10 * time.Minute) }))
 		mustLookup(t, e, o, Good, false)
 		mustLookup(t, e, o, Good, false)
@@ -543,6 +548,7 @@ func TestOCSPCache(t *testing.T) {
 		e.srv.set(ocspReplyCode(http.StatusInternalServerError))
 		_, _, err := lookup(t, e, o)
 		require.Error(t, err)
+		e.clock.Add(ocspFailureTTL)
 		e.srv.set(e.replyNow(t, func() ocsp.Response { return e.revoked(10 * time.Minute) }))
 		mustLookup(t, e, o, Revoked, true)
 	})
@@ -862,7 +868,7 @@ func TestOCSPCheckerOnChange(t *testing.T) {
 			ocspReplyCode(http.StatusBadGateway), 10 * time.Minute, Unknown, 1, 4},
 		{"good again: a change",
 			e.replyNow(t, func() ocsp.Response { return e.good(10 * time.Minute) }),
-			0, Good, 2, 5},
+			ocspFailureTTL, Good, 2, 5},
 	}
 	for _, s := range steps {
 		t.Run(s.name, func(t *testing.T) {
