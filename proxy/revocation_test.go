@@ -374,3 +374,45 @@ func TestRevokedIntermediateInBundle(t *testing.T) {
 	assert.Equal(t, "cACompromise", ev["revocation_reason"])
 	require.NoError(t, ce.publish(clientTLS(ce.ca, ce.leaf("under-root"))))
 }
+
+// TestRevokedWhileDialling: a CRL revokes a client between its handshake
+// and its admission, while the proxy waits on nsqd. The client is closed
+// with a revoked_disconnect, is never audited as admitted, and its
+// connection to nsqd does not outlive it.
+func TestRevokedWhileDialling(t *testing.T) {
+	ce := newCRLEnv(t, time.Hour, func(o *proxy.Options) {
+		o.OCSP = "off"
+		o.UpstreamDialTimeout = 10 * time.Second
+	})
+	leaf := ce.leaf("caught-in-dial")
+	require.NoError(t, ce.nsqd.Pause())
+	resumed := false
+	defer func() {
+		if !resumed {
+			_ = ce.nsqd.Resume()
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- ce.publish(clientTLS(ce.ca, leaf)) }()
+	time.Sleep(500 * time.Millisecond) // the handshake is done; nsqd does not answer
+
+	require.NoError(t, ce.ossl.Revoke(leaf, "keyCompromise"))
+	ce.publishCRL(time.Hour)
+	ce.waitAudit(map[string]any{"event": "revoked_disconnect", "client_cn": "caught-in-dial"})
+	require.NoError(t, ce.nsqd.Resume())
+	resumed = true
+	require.Error(t, <-done)
+
+	assert.Zero(t, ce.countEvents(map[string]any{"event": "handshake", "outcome": "ok",
+		"client_cn": "caught-in-dial"}), "a revoked client was audited as admitted")
+	// nsqd, resumed, takes the proxy's waiting connection and its IDENTIFY.
+	require.Eventually(t, func() bool {
+		return strings.Contains(ce.nsqd.Log(), "UserAgent:go-nsq/")
+	}, 5*time.Second, 20*time.Millisecond)
+	// Only the proxy's idle settings connection may stay open at nsqd.
+	require.Eventually(t, func() bool {
+		log := ce.nsqd.Log()
+		return strings.Count(log, "TCP: new client(")-strings.Count(log, "exiting ioloop") == 1
+	}, 5*time.Second, 20*time.Millisecond, "a connection to nsqd outlived its client:\n%s",
+		ce.nsqd.Log())
+}

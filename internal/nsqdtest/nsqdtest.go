@@ -190,3 +190,9 @@ func (s *Stats) Clients() []Client {
 	}
 	return out
 }
+
+// Pause stops nsqd with SIGSTOP: it keeps its sockets but answers nothing.
+func (n *NSQD) Pause() error { return n.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume continues a paused nsqd.
+func (n *NSQD) Resume() error { return n.cmd.Process.Signal(syscall.SIGCONT) }
