@@ -78,15 +78,11 @@ func (s *Server) newRevocation() (*revocation.Checker, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(s.opts.CRLFiles) == 0 && len(s.opts.CRLURLs) == 0 &&
-		!s.opts.CRLFetchDistributionPoints && mode == revocation.OCSPOff {
-		return nil, nil
-	}
 	_, issuers, err := loadCABundle(s.opts.TLSRootCAFile)
 	if err != nil {
 		return nil, err
 	}
-	return revocation.New(revocation.Config{
+	checker, err := revocation.New(revocation.Config{
 		CRLFiles:                s.opts.CRLFiles,
 		CRLURLs:                 s.opts.CRLURLs,
 		FetchDistributionPoints: s.opts.CRLFetchDistributionPoints,
@@ -98,6 +94,10 @@ func (s *Server) newRevocation() (*revocation.Checker, error) {
 		OnChange:                s.requestRecheck,
 		Log:                     s.log,
 	})
+	if err != nil || !checker.Enabled() {
+		return nil, err
+	}
+	return checker, nil
 }
 
 // Reload re-reads the revocation sources now, as SIGHUP asks.
